@@ -1,0 +1,97 @@
+"""Feed-forward network with multi-scale depth-wise convolution (MS-DWC) and its re-parameterisation."""
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MSDWConv(nn.Module):
+    """Parallel depth-wise convolutions of several odd kernel sizes, summed (paper Fig. 5).
+
+    Training form: one ``Conv2d(groups=channels)`` per kernel size in ``branches``. Deployed form: a single
+    depth-wise conv ``conv`` of the largest size whose kernel is the sum of the zero-padded, centred branch
+    kernels and whose bias is the sum of the biases; both forms compute the same function, because every
+    branch pads by ``k // 2`` and so is centred on the same pixel.
+
+    Args:
+        channels: channels of the NCHW input.
+        kernels: odd kernel sizes, e.g. (1, 3, 5, 7).
+        deploy: build the single-branch form directly (to load a re-parameterised checkpoint).
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, *, channels: int, kernels: Sequence[int], deploy: bool = False):
+        super().__init__()
+        kernels = tuple(int(k) for k in kernels)
+        if not kernels or any(k < 1 or k % 2 == 0 for k in kernels) or len(set(kernels)) != len(kernels):
+            raise ValueError(f'ms_kernels must be distinct positive odd sizes, got {list(kernels)}')
+        self.channels = channels
+        self.kernels = kernels
+        self.kernel_size = max(kernels)
+        if deploy:
+            self.conv = self._dwconv(self.kernel_size)
+        else:
+            self.branches = nn.ModuleList(self._dwconv(k) for k in kernels)
+
+    def _dwconv(self, k: int) -> nn.Conv2d:
+        return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels)
+
+    @property
+    def deployed(self) -> bool:
+        return hasattr(self, 'conv')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed:
+            return self.conv(x)
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Merge the branches into ``conv`` in place; a no-op when already deployed."""
+        if self.deployed:
+            return
+        first = self.branches[0].weight
+        conv = self._dwconv(self.kernel_size).to(device=first.device, dtype=first.dtype)
+        weight = torch.zeros_like(conv.weight)
+        bias = torch.zeros_like(conv.bias)
+        for branch in self.branches:
+            pad = (self.kernel_size - branch.kernel_size[0]) // 2
+            weight += F.pad(branch.weight, (pad, pad, pad, pad))
+            bias += branch.bias
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        conv.train(self.training)
+        del self.branches
+        self.conv = conv
+
+
+class FFN(nn.Module):
+    """``fc2(GELU(MSDWC(fc1(x))))`` over channels-last images; no MS-DWC when ``kernels`` is empty.
+
+    Args:
+        dim: channels C.
+        hidden_dim: hidden channels (``mlp_ratio * C``).
+        kernels: MS-DWC kernel sizes; ``()`` gives the plain MLP ("w/o MS-DWC").
+        deploy: build the MS-DWC in its re-parameterised form.
+
+    Shapes: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, *, dim: int, hidden_dim: int, kernels: Sequence[int], deploy: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.msdwc = MSDWConv(channels=hidden_dim, kernels=kernels, deploy=deploy) if len(kernels) else None
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.msdwc is not None:
+            # The permuted view is channels-last in memory, which oneDNN/cuDNN convolve without a copy.
+            x = self.msdwc(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(self.act(x))

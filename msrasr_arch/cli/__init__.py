@@ -1,0 +1,1 @@
+"""Console commands: `msrasr` (this package's tools) and `basicsr` (BasicSR's train/test pipelines)."""

@@ -1,0 +1,4 @@
+"""Model classes; importing this package registers them in BasicSR's MODEL_REGISTRY."""
+from .sr_model import MSRASRModel  # noqa: F401
+
+__all__ = ['MSRASRModel']

@@ -1,0 +1,1 @@
+"""Helpers shared by the command-line tools, the model classes and the datasets."""
