@@ -1,0 +1,242 @@
+"""The MSRA-SR architectures: shapes, re-parameterisation, sharing, gradients, state dicts, dtypes."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from basicsr.archs import build_network
+from msrasr_arch.archs import MSRAGANNet, MSRASR
+from msrasr_arch.archs.ffn import MSDWConv
+from msrasr_arch.archs.presets import PAPER, PRESETS, get_preset
+from msrasr_arch.archs.profile import profile
+from msrasr_arch.archs.shared_attention import SharedWindowAttention
+
+TINY = dict(embed_dim=12, depths=[4], num_heads=[2], window_size=8, csa_dim=4, mlp_ratio=2)
+
+
+def perturbed(net, scale=0.05, seed=0):
+    """Random weights everywhere (F away from identity, biases non-zero), so equalities are not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+def build(name, **over):
+    opt = get_preset(name)
+    opt.update(over)
+    return build_network(opt)
+
+
+@pytest.mark.parametrize('name', ['light_x2', 'light_x3', 'light_x4', 'classical_x2', 'classical_x3',
+                                  'classical_x4', 'realworld_x4'])
+def test_forward_shape_odd_size(name):
+    torch.manual_seed(0)
+    net = build(name).eval()
+    scale = net.upscale
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 37, 29))
+    assert out.shape == (1, 3, 37 * scale, 29 * scale)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('size', [(1, 1), (5, 3), (8, 8), (9, 17)])
+def test_tiny_and_unaligned_inputs(size):
+    net = MSRASR(upscale=3, **TINY).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, *size))
+    assert out.shape == (2, 3, size[0] * 3, size[1] * 3)
+
+
+def test_registered_and_gan_net_keys_match_msrasr():
+    from basicsr.utils.registry import ARCH_REGISTRY
+    assert ARCH_REGISTRY.get('MSRASR') is MSRASR and ARCH_REGISTRY.get('MSRAGANNet') is MSRAGANNet
+    cfg = dict(TINY, upscale=4, upsampler='nearest+conv')
+    gan, sr = MSRAGANNet(**cfg), MSRASR(**cfg)
+    assert list(gan.state_dict()) == list(sr.state_dict())
+    sr.load_state_dict(perturbed(gan).state_dict())
+    x = torch.rand(1, 3, 11, 13)
+    with torch.no_grad():
+        assert torch.equal(gan.eval()(x), sr.eval()(x))
+    assert isinstance(MSRAGANNet(), MSRASR) and MSRAGANNet().upsampler == 'nearest+conv'
+
+
+def test_unknown_or_bad_keys_fail_clearly():
+    with pytest.raises(TypeError, match='windowsize'):
+        build_network(dict(type='MSRASR', windowsize=8))
+    with pytest.raises(ValueError, match='upsampler'):
+        MSRASR(upsampler='bilinear')
+    with pytest.raises(ValueError, match='csa_scales'):
+        MSRASR(window_size=6, csa_scales=[1, 4])
+    with pytest.raises(ValueError, match='num_heads'):
+        MSRASR(embed_dim=60, num_heads=[7] * 4)
+
+
+@pytest.mark.parametrize('upscale', [2, 3, 4])
+def test_reparameterize_equivalence(upscale):
+    torch.manual_seed(upscale)
+    net = perturbed(MSRASR(upscale=upscale, **TINY)).eval()
+    x = torch.rand(2, 3, 19, 23)
+    with torch.no_grad():
+        before = net(x)
+        n_before = sum(p.numel() for p in net.parameters())
+        net.reparameterize()
+        after = net(x)
+        net.reparameterize()  # a second call changes nothing
+        again = net(x)
+    assert net.deployed
+    assert (before - after).abs().max().item() < 1e-5
+    assert torch.equal(after, again)
+    hidden = 24  # mlp_ratio * embed_dim
+    assert n_before - sum(p.numel() for p in net.parameters()) == 4 * hidden * (1 + 9 + 25) + 4 * 3 * hidden
+
+
+def test_msdwconv_merges_into_one_7x7():
+    conv = perturbed(MSDWConv(channels=5, kernels=(1, 3, 5, 7)), scale=0.3)
+    x = torch.rand(1, 5, 12, 12)
+    ref = conv(x)
+    conv.reparameterize()
+    assert [k for k, _ in conv.named_parameters()] == ['conv.weight', 'conv.bias']
+    assert conv.conv.weight.shape == (5, 1, 7, 7)
+    assert torch.allclose(conv(x), ref, atol=1e-6)
+
+
+def test_deploy_flag_loads_reparameterized_checkpoint():
+    net = perturbed(MSRASR(upscale=2, **TINY)).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+    state = net.reparameterize().state_dict()
+    deployed = MSRASR(upscale=2, deploy=True, **TINY).eval()
+    deployed.load_state_dict(state)  # strict: same keys, same shapes
+    with torch.no_grad():
+        assert (deployed(x) - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize('over', [
+    {},
+    {'depths': [6], 'attn_transform_kernel': 5},  # a chain: layer 5 inherits from 3, from 1
+    {'attn_transform_kernel': 0},
+    {'attn_transform_kernel': 1},
+    {'shared_attn': 'none'},
+    {'csa_dim': 0},
+])
+def test_fused_attention_matches_reference(over):
+    cfg = dict(TINY, **over)
+    net = perturbed(MSRASR(upscale=2, **cfg), seed=3).eval()
+    x = torch.rand(2, 3, 21, 18)
+    with torch.no_grad():
+        fused = net(x)
+        reference = net.set_attn_impl('reference')(x)
+    assert (fused - reference).abs().max().item() < 1e-5
+
+
+def _qkt_macs(net, x):
+    """Multiply-accumulates of the attention matmuls (bmm) in the reference implementation."""
+    net.set_attn_impl('reference')
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_flop_counts()['Global'].get(torch.ops.aten.bmm, 0) / 2
+
+
+def test_pair_sharing_drops_qk_weights_and_work():
+    cfg = dict(TINY, csa_dim=0)
+    pair, none = MSRASR(shared_attn='pair', **cfg), MSRASR(shared_attn='none', **cfg)
+    inheriting = [m for m in pair.modules() if isinstance(m, SharedWindowAttention) and not m.computes]
+    assert len(inheriting) == 2  # layers 3 and 4 of the one MSTB
+    for m in inheriting:
+        names = {n for n, _ in m.named_parameters()}
+        assert not any(n.startswith(('qkv', 'q.', 'k.')) for n in names)
+        assert 'relative_position_bias_table' not in names and 'v.weight' in names
+    assert all(m.computes for m in none.modules() if isinstance(m, SharedWindowAttention))
+    x = torch.rand(1, 3, 32, 32)
+    macs_pair, macs_none = _qkt_macs(pair, x), _qkt_macs(none, x)
+    n, c, windows, layers = 64, 12, 16, 4
+    qkt = windows * n * n * c  # one layer's q @ k^T, all heads
+    assert macs_none - macs_pair == pytest.approx(2 * qkt)  # two layers skip the matching
+    assert macs_none == pytest.approx(layers * 2 * qkt)  # QK^T and AV in every layer
+
+
+@pytest.mark.parametrize('over', [{}, {'shared_attn': 'none'}, {'depths': [6], 'attn_transform_kernel': 5},
+                                  {'deploy': True}, {'ms_kernels': [7]}, {'upsampler': 'pixelshuffle'},
+                                  {'upsampler': 'nearest+conv', 'resi_connection': '3conv'}])
+def test_every_parameter_gets_a_gradient(over):
+    """DDP with find_unused_parameters: false needs every parameter in every forward."""
+    cfg = dict(TINY, **over)
+    up = 4 if cfg.get('upsampler') == 'nearest+conv' else 2
+    net = MSRASR(upscale=up, **cfg).train()
+    net(torch.rand(2, 3, 16, 24)).mean().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not unused, unused
+    # Exact zeros are legitimate only behind the channel attention's ReLU (a dead unit of its tiny MLP).
+    zero = [n for n, p in net.named_parameters() if not p.grad.abs().sum() > 0 and '.ca.' not in n]
+    assert not zero, zero
+
+
+def test_forward_mutates_nothing_and_state_dict_round_trips(tmp_path):
+    net = perturbed(MSRASR(upscale=2, **TINY)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        out = net(x)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    torch.save({'params': net.state_dict()}, tmp_path / 'net.pth')
+    other = MSRASR(upscale=2, **TINY).eval()
+    other.load_state_dict(torch.load(tmp_path / 'net.pth', weights_only=True)['params'])
+    with torch.no_grad():
+        assert torch.equal(other(x), out)
+
+
+def test_bf16_forward_close_to_fp32():
+    net = MSRASR(upscale=2, **TINY).eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        ref = net(x)
+        out = net.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert out.shape == ref.shape
+    assert (out - ref).abs().mean().item() < 1e-2
+    assert (out - ref).abs().max().item() < 0.1
+
+
+def test_same_seed_same_output():
+    def run():
+        torch.manual_seed(123)
+        net = MSRASR(upscale=2, **TINY).eval()
+        with torch.no_grad():
+            return net(torch.rand(1, 3, 16, 16))
+
+    assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_parameter_counts_match_paper(name):
+    params, _ = PAPER[name]
+    assert abs(profile(get_preset(name))['params'] - params) / params < 0.03
+
+
+def test_every_preset_builds():
+    from msrasr_arch.archs.profile import build_on_meta
+    for name in PRESETS:
+        assert sum(p.numel() for p in build_on_meta(get_preset(name)).parameters()) > 0
+
+
+def test_import_order():
+    code = ('import msrasr_arch, msrasr_arch, importlib; import basicsr; '
+            'from basicsr.utils.registry import ARCH_REGISTRY; assert "MSRASR" in ARCH_REGISTRY')
+    subprocess.run([sys.executable, '-c', code], check=True)
+    code = ('import msrasr_arch._compat, basicsr; import msrasr_arch; '
+            'from basicsr.utils.registry import ARCH_REGISTRY; assert "MSRAGANNet" in ARCH_REGISTRY')
+    subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_profile_command_prints_table():
+    out = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'profile', '-opt', 'light_x2'],
+                         check=True, capture_output=True, text=True).stdout
+    row = next(line for line in out.splitlines() if line.startswith('light_x2'))
+    assert '768.2K' in row and '512x360 (512x368)' in row
+    bad = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'profile', '-opt', 'nope.yml'],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yml' in bad.stderr
