@@ -120,6 +120,14 @@ def test_benchmark_layout_is_matlab_bicubic_of_mod_cropped_hr(hr_dir, tmp_path):
         np.testing.assert_array_equal(_to_bgr_uint8(item['lq']), _matlab_lr(mod_crop(src, scale), scale))
 
 
+def test_benchmark_with_hr_already_in_place_writes_only_lr(hr_dir, tmp_path):
+    (tmp_path / 'HR').mkdir()
+    (tmp_path / 'HR' / 'a.png').write_bytes((hr_dir / 'a.png').read_bytes())
+    out = prepare_benchmark_set(tmp_path / 'HR', tmp_path, scales=(2,))
+    assert sorted(os.listdir(tmp_path)) == ['HR', 'LR_bicubic']
+    assert os.listdir(out['gt']) == ['a.png'] and os.listdir(out['lq'][2]) == ['ax2.png']
+
+
 def test_refuses_to_overwrite_unless_asked(hr_dir, tmp_path):
     kwargs = dict(scales=(2,), crop_size=CROP, step=STEP)
     first = prepare_train_set(hr_dir, tmp_path, **kwargs)
@@ -128,8 +136,10 @@ def test_refuses_to_overwrite_unless_asked(hr_dir, tmp_path):
     with pytest.raises(UserError, match='DIV2K_train_HR_sub already exists; pass --overwrite'):
         prepare_train_set(hr_dir, tmp_path, **kwargs)
     assert os.path.exists(marker)
-    prepare_train_set(hr_dir, tmp_path, overwrite=True, **kwargs)
+    # adding a scale later: HR is replaced, the existing X2_sub stays beside the new X3_sub
+    prepare_train_set(hr_dir, tmp_path, overwrite=True, **{**kwargs, 'scales': (3,)})
     assert not os.path.exists(marker)
+    assert sorted(os.listdir(tmp_path / 'DIV2K_train_LR_bicubic')) == ['X2_sub', 'X3_sub']
     assert not [n for n in os.listdir(tmp_path) if n.startswith(STAGING_PREFIX)]
 
 

@@ -30,7 +30,7 @@ from .channel_attention import ChannelAttention
 from .cross_scale_attention import CrossScaleAttention
 from .ffn import FFN, MSDWConv
 from .shared_attention import ATTN_IMPLS, SharedLogits, SharedWindowAttention
-from .window import pad_to_multiple, shift_mask, window_partition, window_reverse
+from .window import ShiftMask, pad_to_multiple, shift_mask, window_partition, window_reverse
 
 UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv')
 RESI_CONNECTIONS = ('1conv', '3conv', 'none')
@@ -54,7 +54,7 @@ class MSTBLayer(nn.Module):
         drop_path: stochastic-depth rate of the residual branches.
         deploy: build the MS-DWC re-parameterised.
 
-    Shapes: ``forward(x (B, H, W, C), mask (nW, N, N) or None, shared, impl)`` returns
+    Shapes: ``forward(x (B, H, W, C), mask (:class:`ShiftMask`), shared, impl)`` returns
     ``(B, H, W, C)`` and the layer's :class:`SharedLogits` (H, W multiples of ws).
     """
 
@@ -78,7 +78,7 @@ class MSTBLayer(nn.Module):
         self.ca = ChannelAttention(dim=dim, reduction=ca_reduction) if ca_reduction else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], shared: Optional[SharedLogits], impl: str):
+    def forward(self, x: torch.Tensor, mask: ShiftMask, shared: Optional[SharedLogits], impl: str):
         b, h, w, c = x.shape
         ws, s = self.window_size, self.shift
         y = self.norm1(x)
@@ -128,7 +128,7 @@ class MSTB(nn.Module):
         else:
             self.conv = None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, impl: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: ShiftMask, impl: str) -> torch.Tensor:
         states = []
         y = x
         for i, blk in enumerate(self.blocks):

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from basicsr.archs.arch_util import trunc_normal_
 
-from .window import relative_position_index
+from .window import ShiftMask, relative_position_index
 
 ATTN_IMPLS = ('fused', 'reference')
 
@@ -59,7 +59,7 @@ class SharedWindowAttention(nn.Module):
         transform_kernel: size of ``F`` for an inheriting layer: 0 = identity (plain sharing), 1, 3, 5...
         qkv_bias: bias in the q/k/v projections.
 
-    Shapes: ``forward(x (B*nW, N, C), mask (nW, N, N) or None, shared, impl)`` returns the output
+    Shapes: ``forward(x (B*nW, N, C), mask (a :class:`ShiftMask`) or None, shared, impl)`` returns the output
     ``(B*nW, N, C)`` and the :class:`SharedLogits` for the layer that inherits from this one.
     """
 
@@ -103,9 +103,9 @@ class SharedWindowAttention(nn.Module):
         """``(h, N, N)`` relative-position bias of a computing layer."""
         n = self.window_size**2
         table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return table.view(n, n, -1).permute(2, 0, 1)
+        return table.view(n, n, -1).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], shared: Optional[SharedLogits],
+    def forward(self, x: torch.Tensor, mask: Optional[ShiftMask], shared: Optional[SharedLogits],
                 impl: str = 'fused'):
         bw, n, c = x.shape
         h, d = self.num_heads, self.head_dim
@@ -123,8 +123,8 @@ class SharedWindowAttention(nn.Module):
         if impl == 'reference':
             logits = state.logits
             if mask is not None:
-                nw = mask.shape[0]
-                logits = (logits.view(bw // nw, nw, h, n, n) + mask[None, :, None]).view(bw, h, n, n)
+                nw = mask.mask.shape[0]
+                logits = (logits.view(bw // nw, nw, h, n, n) + mask.mask[None, :, None]).view(bw, h, n, n)
             out = logits.softmax(dim=-1) @ v
         else:
             out = self._sdpa(state, v, mask)
@@ -139,24 +139,39 @@ class SharedWindowAttention(nn.Module):
             return SharedLogits(logits=conv(shared.logits))
         r = conv.kernel_size[0] // 2
         h = self.num_heads
-        w = conv.weight.view(h, 2 * r + 1, 2 * r + 1).to(shared.k.dtype)
+        w = conv.weight.view(h, 2 * r + 1, 2 * r + 1, 1, 1).to(shared.k.dtype)
         bw, _, n, e = shared.q.shape
         q = _row_shifts(shared.q, r).reshape(bw, h, n, (2 * r + 1) * e)
-        # K'[j, a] = sum_b w[a, b] k[j + b]
-        k = torch.einsum('xhnbe,hab->xhnae', _row_shifts(shared.k, r), w).reshape(bw, h, n, (2 * r + 1) * e)
+        # K'[j, a] = sum_b w[a, b] k[j + b]: a few fused multiply-adds (an einsum here becomes a slow bmm).
+        ks = _row_shifts(shared.k, r)
+        k = torch.stack([sum(w[:, a, b] * ks[..., b, :] for b in range(2 * r + 1)) for a in range(2 * r + 1)],
+                        dim=-2).reshape(bw, h, n, (2 * r + 1) * e)
         bias = conv(shared.bias.unsqueeze(0)).squeeze(0)
         return SharedLogits(q=q, k=k, bias=bias)
 
     @staticmethod
-    def _sdpa(state: SharedLogits, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _sdpa(state: SharedLogits, v: torch.Tensor, mask: Optional[ShiftMask]) -> torch.Tensor:
         q, k, bias = state.q, state.k, state.bias
+        bw, h, n, e = q.shape
+        d = v.shape[-1]
+        # SDPA's fused CPU kernel needs 4-D inputs, a 4-D mask and equal q/v head dims; anything else drops
+        # to the math path, which materialises the maps. An inheriting layer's q/k are wider than v (the
+        # shifted copies), so v is zero-padded and the padding sliced off the output.
+        if e != d:
+            v = F.pad(v, (0, e - d))
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-        # Per-window masks: give SDPA a (B, nW, h, N, e) batch so the (nW, h, N, N) mask broadcasts over B.
-        nw = mask.shape[0]
-        bw, h, n, _ = q.shape
-        b = bw // nw
-        attn_mask = bias + mask[:, None]
-        out = F.scaled_dot_product_attention(
-            q.view(b, nw, h, n, -1), k.view(b, nw, h, n, -1), v.view(b, nw, h, n, -1), attn_mask=attn_mask, scale=1.0)
-        return out.view(bw, h, n, -1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)
+        else:
+            # Windows with the same shift mask are attended together, each group with one (1, h, N, N) mask
+            # broadcast over its windows: no (nW, h, N, N) tensor is built (see ShiftMask).
+            nw = mask.mask.shape[0]
+            b = bw // nw
+            q, k, v = (t.reshape(b, nw, h, n, e) for t in (q, k, v))
+            outs = []
+            for idx, window_mask in mask.groups:
+                group_bias = bias if window_mask is None else bias + window_mask
+                outs.append(F.scaled_dot_product_attention(
+                    *(t.index_select(1, idx).reshape(-1, h, n, e) for t in (q, k, v)),
+                    attn_mask=group_bias.unsqueeze(0), scale=1.0).view(b, len(idx), h, n, e))
+            out = torch.cat(outs, dim=1).index_select(1, mask.order).view(bw, h, n, e)
+        return out[..., :d] if e != d else out

@@ -4,13 +4,14 @@ Tensors in the network body are channels-last images ``(B, H, W, C)``; windows a
 with ``N = window_size ** 2`` tokens in raster order, as in SwinIR (whose partition helpers we reuse).
 """
 import functools
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
 from basicsr.archs.swinir_arch import window_partition, window_reverse
 
-__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'shift_mask']
+__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'ShiftMask', 'shift_mask']
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -35,6 +36,19 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
+class ShiftMask(NamedTuple):
+    """The shift mask of an image size, with its windows grouped by identical masks.
+
+    ``mask`` (nW, N, N): 0 or -100 per window. A window's mask depends only on whether it lies in the last
+    window row and/or column (the ones straddling the cyclic wrap), so there are at most four distinct
+    masks: ``groups`` holds, for each, the window indices and that one ``(N, N)`` mask (None for the
+    all-zero interior), and ``order`` puts ``cat(group windows)`` back in window order.
+    """
+    mask: torch.Tensor
+    groups: tuple
+    order: torch.Tensor
+
+
 @functools.lru_cache(maxsize=16)
 def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
     img = torch.zeros(1, h, w, 1, device=device, dtype=dtype)
@@ -46,13 +60,27 @@ def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.devi
             label += 1
     windows = window_partition(img, window_size).view(-1, window_size * window_size)
     diff = windows[:, None, :] - windows[:, :, None]
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    # Grouped from the geometry rather than the mask's values, so this also works on the meta device.
+    nwh, nww = h // window_size, w // window_size
+    index = torch.arange(nwh * nww)
+    last_row, last_col = index // nww == nwh - 1, index % nww == nww - 1
+    groups, members = [], []
+    for in_row in (False, True):
+        for in_col in (False, True):
+            idx = torch.nonzero((last_row == in_row) & (last_col == in_col)).flatten()
+            if len(idx):
+                members.append(idx)
+                interior = not in_row and not in_col
+                groups.append((idx.to(device), None if interior else mask[int(idx[0])]))
+    order = torch.argsort(torch.cat(members)).to(device)
+    return ShiftMask(mask, tuple(groups), order)
 
 
-def shift_mask(h: int, w: int, window_size: int, shift: int, device, dtype) -> torch.Tensor:
-    """``(nW, N, N)`` additive mask (0 or -100) for cyclically shifted windows of an ``h x w`` image.
+def shift_mask(h: int, w: int, window_size: int, shift: int, device, dtype) -> ShiftMask:
+    """The additive mask for cyclically shifted windows of an ``h x w`` image (see :class:`ShiftMask`).
 
     Cached per size, device and dtype: every shifted layer of a forward, and every forward at the same
-    size, reuses one tensor. Callers must not modify it.
+    size, reuses the same tensors. Callers must not modify them.
     """
     return _shift_mask(h, w, window_size, shift, torch.device(device), dtype)

@@ -1,0 +1,242 @@
+"""MSRA-SR against BasicSR's own SwinIR, in one process: parameters, Mult-Adds, latency, memory.
+
+    python benchmarks/speed.py                        # lightweight x2, CPU, 128 and 256 inputs
+    python benchmarks/speed.py --suite classical --sizes 64
+    python benchmarks/speed.py --device cuda --dtype bf16 --compile
+    python benchmarks/speed.py --ffn                  # the FFN alone, before/after re-parameterisation
+
+Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train" is one
+forward + backward + Adam step on a batch of 4 LR patches of 64x64. Ratios are MSRA-SR / SwinIR, so
+below 1 means MSRA-SR is faster / smaller. Peak memory: CUDA's allocator peak on GPU; on CPU the rise of
+the process's peak RSS, measured in a fresh subprocess per model so one model's peak cannot hide another's.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import msrasr_arch  # noqa: F401  (registers the archs, applies the torchvision shim)
+from basicsr.archs.swinir_arch import SwinIR
+from msrasr_arch.archs import MSRASR
+from msrasr_arch.archs.ffn import FFN
+from msrasr_arch.archs.presets import get_preset
+from msrasr_arch.archs.profile import mult_adds
+
+SWINIR = {
+    'light': dict(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1., depths=[6, 6, 6, 6], embed_dim=60,
+                  num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler='pixelshuffledirect', resi_connection='1conv'),
+    'classical': dict(upscale=2, in_chans=3, img_size=48, window_size=8, img_range=1., depths=[6] * 6, embed_dim=180,
+                      num_heads=[6] * 6, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv'),
+}
+
+
+def build(name, suite, deploy):
+    if name == 'swinir':
+        return SwinIR(**SWINIR[suite])
+    opt = get_preset(f'{suite}_x2')
+    opt.pop('type')
+    net = MSRASR(**opt)
+    return net.reparameterize() if deploy else net
+
+
+MODELS = {'msrasr': ('msrasr', True), 'msrasr-multibranch': ('msrasr', False), 'swinir': ('swinir', False)}
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def median_time(fn, runs, device, warmup=2):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def prepare(model, args, device, dtype):
+    name, deploy = MODELS[model]
+    torch.manual_seed(0)
+    net = build(name, args.suite, deploy).to(device)
+    if args.compile:
+        net = torch.compile(net)
+    return net
+
+
+def infer(model, args, size, device, dtype):
+    net = prepare(model, args, device, dtype).eval().to(dtype)
+    x = torch.rand(1, 3, size, size, device=device, dtype=dtype)
+    with torch.no_grad():
+        return median_time(lambda: net(x), args.runs, device)
+
+
+def train_step(model, args, device, dtype):
+    net = prepare(model, args, device, dtype).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.rand(4, 3, 64, 64, device=device)
+    y = torch.rand(4, 3, 128, 128, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = (net(x).float() - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return median_time(step, max(2, args.runs // 2), device, warmup=1)
+
+
+def peak_memory(model, args, mode, size, device, dtype):
+    """Peak memory (MiB) of one forward (mode 'infer') or training step ('train')."""
+    if device.type == 'cuda':
+        net = prepare(model, args, device, dtype)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        if mode == 'infer':
+            net.eval().to(dtype)
+            with torch.no_grad():
+                net(torch.rand(1, 3, size, size, device=device, dtype=dtype))
+        else:
+            net.train()
+            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+                out = net(torch.rand(4, 3, 64, 64, device=device))
+            out.float().mean().backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, __file__, '--_memory', json.dumps([model, mode, size, args.suite, args.dtype])]
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def _memory_child(spec):
+    model, mode, size, suite, dtype_name = json.loads(spec)
+    dtype = DTYPES[dtype_name]
+    name, deploy = MODELS[model]
+    torch.manual_seed(0)
+    net = build(name, suite, deploy)
+    x = torch.rand(1, 3, size, size) if mode == 'infer' else torch.rand(4, 3, 64, 64)
+    if mode == 'infer':
+        net.eval().to(dtype)
+        x = x.to(dtype)
+        with torch.no_grad():  # warm-up: allocator pools and kernels, so the next peak is the forward's
+            net(x[..., :16, :16])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == 'infer':
+        with torch.no_grad():
+            net(x)
+    else:
+        net.train()
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+            out = net(x)
+        out.float().mean().backward()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def count(model, suite, size):
+    name, deploy = MODELS[model]
+    if name == 'swinir':  # SwinIR's constructor calls .item(), so it cannot be built on meta directly
+        net = build(name, suite, deploy).to('meta').eval()
+    else:
+        with torch.device('meta'):
+            net = build(name, suite, deploy).eval()
+    params = sum(p.numel() for p in net.parameters())
+    if name == 'swinir':
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.empty(1, 3, size, size, device='meta'))
+        return params, counter.get_total_flops() / 2
+    return params, mult_adds(net, (size, size), 'reference')
+
+
+def ffn_benchmark(args, device, dtype):
+    """The FFN of one lightweight layer on a 512x360 LR image (the paper's x2 size), before/after reparam."""
+    torch.manual_seed(0)
+    ffn = FFN(dim=60, hidden_dim=120, kernels=(1, 3, 5, 7)).to(device).eval().to(dtype)
+    x = torch.rand(1, 360, 512, 60, device=device, dtype=dtype)
+    with torch.no_grad():
+        before = median_time(lambda: ffn(x), args.runs, device)
+        ref = ffn(x)
+        ffn.msdwc.reparameterize()
+        after = median_time(lambda: ffn(x), args.runs, device)
+        diff = (ffn(x) - ref).abs().max().item()
+    print(f'FFN (C=60, hidden 120, 512x360 tokens): multi-branch {before * 1e3:.1f} ms -> re-parameterised '
+          f'{after * 1e3:.1f} ms ({before / after:.2f}x faster; max abs diff {diff:.1e}); paper: 0.15 s -> 0.02 s')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--suite', choices=['light', 'classical'], default='light')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256], help='LR input sides')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model')
+    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    parser.add_argument('--no-train', action='store_true')
+    parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--ffn', action='store_true', help='also time the FFN alone before/after reparam')
+    parser.add_argument('--_memory', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args._memory:
+        return _memory_child(args._memory)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu}, {args.threads} threads'
+    print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
+          f'{", torch.compile" if args.compile else ""}')
+
+    print(f'{"model":<20} {"params":>8} ' + ' '.join(f'{"MACs@" + str(s):>10}' for s in args.sizes))
+    for model in args.models:
+        counts = [count(model, args.suite, s) for s in args.sizes]
+        print(f'{model:<20} {counts[0][0] / 1e3:>7.0f}K ' + ' '.join(f'{c[1] / 1e9:>9.2f}G' for c in counts))
+
+    results = {}
+    for model in args.models:
+        r = results[model] = {}
+        for s in args.sizes:
+            r[f'infer@{s}'] = infer(model, args, s, device, dtype)
+        if not args.no_train:
+            r['train'] = train_step(model, args, device, dtype)
+        if not args.no_memory:
+            for s in args.sizes:
+                r[f'mem_infer@{s}'] = peak_memory(model, args, 'infer', s, device, dtype)
+            if not args.no_train:
+                r['mem_train'] = peak_memory(model, args, 'train', 64, device, dtype)
+    keys = list(results[args.models[0]])
+    print(f'{"":<20} ' + ' '.join(f'{k:>14}' for k in keys))
+    for model, r in results.items():
+        print(f'{model:<20} ' + ' '.join(
+            f'{r[k] * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k]:>11.0f}MiB' for k in keys))
+    if 'swinir' in results:
+        for model, r in results.items():
+            if model != 'swinir':
+                print(f'{model + "/swinir":<20} ' + ' '.join(f'{r[k] / results["swinir"][k]:>13.2f}x' for k in keys))
+    if args.ffn:
+        ffn_benchmark(args, device, dtype)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
