@@ -8,13 +8,13 @@
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train" is one
 forward + backward + Adam step on a batch of 4 LR patches of 64x64. Ratios are MSRA-SR / SwinIR, so
 below 1 means MSRA-SR is faster / smaller. Peak memory: CUDA's allocator peak on GPU; on CPU the rise of
-the process's peak RSS, measured in a fresh subprocess per model so one model's peak cannot hide another's.
+the process's peak RSS (Linux), measured in a fresh subprocess per model so one model's peak cannot hide
+another's.
 """
 import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -133,7 +133,7 @@ def _memory_child(spec):
         x = x.to(dtype)
         with torch.no_grad():  # warm-up: allocator pools and kernels, so the next peak is the forward's
             net(x[..., :16, :16])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak_rss()
     if mode == 'infer':
         with torch.no_grad():
             net(x)
@@ -142,7 +142,22 @@ def _memory_child(spec):
         with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
             out = net(x)
         out.float().mean().backward()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    print((_status_kib('VmHWM') - base) / 1024)
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+
+def _reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs) and return the current RSS in KiB.
+
+    Without the reset the peak would still be that of importing torch, which can exceed a small forward.
+    """
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_kib('VmRSS')
 
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -211,10 +226,15 @@ def main():
     print(f'{"model":<20} {"params":>8} ' + ' '.join(f'{"MACs@" + str(s):>10}' for s in args.sizes))
     for model in args.models:
         counts = [count(model, args.suite, s) for s in args.sizes]
-        print(f'{model:<20} {counts[0][0] / 1e3:>7.0f}K ' + ' '.join(f'{c[1] / 1e9:>9.2f}G' for c in counts))
+        print(f'{model:<20} {counts[0][0] / 1e3:>7.0f}K ' + ' '.join(f'{c[1] / 1e9:>9.2f}G' for c in counts),
+              flush=True)
 
+    keys = [f'infer@{s}' for s in args.sizes] + ([] if args.no_train else ['train'])
+    if not args.no_memory:
+        keys += [f'mem_infer@{s}' for s in args.sizes] + ([] if args.no_train else ['mem_train'])
+    print(f'{"":<20} ' + ' '.join(f'{k:>14}' for k in keys), flush=True)
     results = {}
-    for model in args.models:
+    for model in args.models:  # one row per model, printed as soon as it is measured
         r = results[model] = {}
         for s in args.sizes:
             r[f'infer@{s}'] = infer(model, args, s, device, dtype)
@@ -225,11 +245,8 @@ def main():
                 r[f'mem_infer@{s}'] = peak_memory(model, args, 'infer', s, device, dtype)
             if not args.no_train:
                 r['mem_train'] = peak_memory(model, args, 'train', 64, device, dtype)
-    keys = list(results[args.models[0]])
-    print(f'{"":<20} ' + ' '.join(f'{k:>14}' for k in keys))
-    for model, r in results.items():
         print(f'{model:<20} ' + ' '.join(
-            f'{r[k] * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k]:>11.0f}MiB' for k in keys))
+            f'{r[k] * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k]:>11.0f}MiB' for k in keys), flush=True)
     if 'swinir' in results:
         for model, r in results.items():
             if model != 'swinir':

@@ -240,3 +240,18 @@ def test_profile_command_prints_table():
     bad = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'profile', '-opt', 'nope.yml'],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yml' in bad.stderr
+
+
+def test_msdwconv_training_merge_matches_branches():
+    """Training runs the merged kernel; outputs and every branch's gradient equal the literal branches'."""
+    conv = perturbed(MSDWConv(channels=4, kernels=(1, 3, 5, 7)), scale=0.3)
+    x = torch.rand(2, 4, 10, 9)
+    grad = torch.rand(2, 4, 10, 9)
+    conv.train()(x).backward(grad)
+    merged = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad()
+    literal = sum(b(x) for b in conv.branches)
+    literal.backward(grad)
+    assert torch.allclose(conv.train()(x), literal, atol=1e-5)
+    for got, want in zip(merged, (p.grad for p in conv.parameters())):
+        assert torch.allclose(got, want, atol=1e-4)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .sdpa import sdpa
 from .window import window_partition, window_reverse
 
 
@@ -66,7 +67,7 @@ class CrossScaleAttention(nn.Module):
                 # The fused CPU kernel needs equal q/v head dims: zero-padding q and k leaves q k^T unchanged.
                 ev = hd * s * s
                 qs, ks = (F.pad(q, (0, ev - hd)), F.pad(ks, (0, ev - hd))) if s > 1 else (q, ks)
-                o = F.scaled_dot_product_attention(qs, ks, vs, scale=hd**-0.5)
+                o = sdpa(qs, ks, vs, scale=hd**-0.5)
             outs.append(o.transpose(1, 2).reshape(-1, ws * ws, nh * hd * s * s))
         y = torch.cat(outs, dim=-1)
         return self.fuse(window_reverse(y.view(-1, ws, ws, y.shape[-1]), ws, hh, ww))

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from basicsr.archs.arch_util import trunc_normal_
 
+from .sdpa import sdpa
 from .window import ShiftMask, relative_position_index
 
 ATTN_IMPLS = ('fused', 'reference')
@@ -160,7 +161,7 @@ class SharedWindowAttention(nn.Module):
         if e != d:
             v = F.pad(v, (0, e - d))
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)
+            out = sdpa(q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)
         else:
             # Windows with the same shift mask are attended together, each group with one (1, h, N, N) mask
             # broadcast over its windows: no (nW, h, N, N) tensor is built (see ShiftMask).
@@ -170,7 +171,7 @@ class SharedWindowAttention(nn.Module):
             outs = []
             for idx, window_mask in mask.groups:
                 group_bias = bias if window_mask is None else bias + window_mask
-                outs.append(F.scaled_dot_product_attention(
+                outs.append(sdpa(
                     *(t.index_select(1, idx).reshape(-1, h, n, e) for t in (q, k, v)),
                     attn_mask=group_bias.unsqueeze(0), scale=1.0).view(b, len(idx), h, n, e))
             out = torch.cat(outs, dim=1).index_select(1, mask.order).view(bw, h, n, e)
