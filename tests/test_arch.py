@@ -255,3 +255,15 @@ def test_msdwconv_training_merge_matches_branches():
     assert torch.allclose(conv.train()(x), literal, atol=1e-5)
     for got, want in zip(merged, (p.grad for p in conv.parameters())):
         assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_graph_capture_path_matches_grouped_windows(monkeypatch):
+    """While tracing/exporting, shifted windows use one folded mask instead of the cached groups."""
+    from msrasr_arch.archs import window
+    net = perturbed(MSRASR(upscale=2, **TINY)).eval()
+    x = torch.rand(2, 3, 21, 18)
+    with torch.no_grad():
+        grouped = net(x)
+        monkeypatch.setattr(window, 'capturing_graph', lambda: True)
+        folded = net(x)
+    assert (grouped - folded).abs().max().item() < 1e-6

@@ -86,9 +86,40 @@ def test_self_ensemble_and_tiles_match_plain_testing(trained):
             total += calculate_psnr(tensor2img(model.output), gt, crop_border=2, test_y_channel=True)
         return total / len(names), model.output
 
+    keys = set(model.net_g.state_dict())
     plain, out_plain = psnr_with()
+    # testing ran a re-parameterised copy; the model's own network keeps its branches
+    assert set(model.net_g.state_dict()) == keys
+    assert set(model._inference_net().state_dict()) != keys
     ensemble, _ = psnr_with(self_ensemble=True)
     tiled, out_tiled = psnr_with(tile={'size': 16, 'overlap': 8})
     assert abs(ensemble - plain) < 0.05, (plain, ensemble)
     assert abs(tiled - plain) < 0.05, (plain, tiled)
     assert out_tiled.shape == out_plain.shape
+
+
+def test_own_images_option_runs_without_ground_truth(tmp_path):
+    """test_MSRASR_x4_own_images.yml: LR images only, no metrics, tiled; writes one SR image per input."""
+    import cv2
+    import numpy as np
+    from basicsr.archs import build_network
+
+    from sr_cli import TINY_NET
+
+    net_opt = dict(type='MSRASR', upscale=4, upsampler='pixelshuffle', embed_dim=12, depths=[2], num_heads=[2],
+                   window_size=8, csa_dim=4, mlp_ratio=2)
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'tiny_x4.pth'
+    torch.save({'params_ema': build_network(net_opt).state_dict()}, ckpt)
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (('a', (20, 27)), ('b', (33, 18))):
+        cv2.imwrite(str(photos / f'{name}.png'), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    log = basicsr(['test', '-opt', os.path.join(OPTIONS, 'test_MSRASR_x4_own_images.yml'), '--force_yml',
+                   'num_gpu=0', f'datasets:test_1:dataroot_lq={photos}', f'path:pretrain_network_g={ckpt}',
+                   'val:tile=[16,8]'] + TINY_NET, cwd=tmp_path)
+    assert 'psnr' not in log
+    out = tmp_path / 'results' / 'test_MSRASR_x4_own_images' / 'visualization' / 'own_images'
+    assert sorted(os.listdir(out)) == ['a_test_MSRASR_x4_own_images.png', 'b_test_MSRASR_x4_own_images.png']
+    assert cv2.imread(str(out / 'a_test_MSRASR_x4_own_images.png')).shape == (80, 108, 3)

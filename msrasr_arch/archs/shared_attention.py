@@ -163,10 +163,15 @@ class SharedWindowAttention(nn.Module):
         if mask is None:
             out = sdpa(q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)
         else:
-            # Windows with the same shift mask are attended together, each group with one (1, h, N, N) mask
-            # broadcast over its windows: no (nW, h, N, N) tensor is built (see ShiftMask).
             nw = mask.mask.shape[0]
             b = bw // nw
+            if not mask.groups:  # graph capture: fold the windows into the heads, one (1, nW*h, N, N) mask
+                attn_mask = (bias + mask.mask[:, None]).reshape(1, nw * h, n, n)
+                out = sdpa(*(t.reshape(b, nw * h, n, e) for t in (q, k, v)), attn_mask=attn_mask, scale=1.0)
+                out = out.reshape(bw, h, n, e)
+                return out[..., :d] if e != d else out
+            # Windows with the same shift mask are attended together, each group with one (1, h, N, N) mask
+            # broadcast over its windows: no (nW, h, N, N) tensor is built (see ShiftMask).
             q, k, v = (t.reshape(b, nw, h, n, e) for t in (q, k, v))
             outs = []
             for idx, window_mask in mask.groups:

@@ -49,8 +49,7 @@ class ShiftMask(NamedTuple):
     order: torch.Tensor
 
 
-@functools.lru_cache(maxsize=16)
-def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
+def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     img = torch.zeros(1, h, w, 1, device=device, dtype=dtype)
     bands = (slice(0, -window_size), slice(-window_size, -shift), slice(-shift, None))
     label = 0
@@ -60,7 +59,12 @@ def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.devi
             label += 1
     windows = window_partition(img, window_size).view(-1, window_size * window_size)
     diff = windows[:, None, :] - windows[:, :, None]
-    mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
+    mask = _mask(h, w, window_size, shift, device, dtype)
     # Grouped from the geometry rather than the mask's values, so this also works on the meta device.
     nwh, nww = h // window_size, w // window_size
     index = torch.arange(nwh * nww)
@@ -77,10 +81,19 @@ def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.devi
     return ShiftMask(mask, tuple(groups), order)
 
 
+def capturing_graph() -> bool:
+    """True while tracing, exporting or compiling: then sizes may be symbolic, so nothing may be cached or
+    specialised on them (the window groups, whose count and indices depend on the size)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def shift_mask(h: int, w: int, window_size: int, shift: int, device, dtype) -> ShiftMask:
     """The additive mask for cyclically shifted windows of an ``h x w`` image (see :class:`ShiftMask`).
 
     Cached per size, device and dtype: every shifted layer of a forward, and every forward at the same
-    size, reuses the same tensors. Callers must not modify them.
+    size, reuses the same tensors. Callers must not modify them. While a graph is captured (ONNX export,
+    tracing, ``torch.compile``) the mask is built from the traced sizes and comes without groups.
     """
+    if capturing_graph():
+        return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None)
     return _shift_mask(h, w, window_size, shift, torch.device(device), dtype)

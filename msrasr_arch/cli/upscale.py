@@ -1,0 +1,152 @@
+"""`msrasr upscale`: upscale an image or a folder of images with a trained checkpoint.
+
+    msrasr upscale -i photo.png -o out/ --weights net_g_latest.pth
+    msrasr upscale -i photos/ -o out/ --weights model.safetensors --device cuda --precision fp16 --tile 512
+
+Each output is written to a temporary name and renamed, and an existing output is skipped unless
+--overwrite, so re-running an interrupted batch picks up where it stopped.
+"""
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+from msrasr_arch.utils.errors import UserError
+
+DEFAULT_TILE = 384
+DEFAULT_OVERLAP = 32
+
+
+def add_arguments(parser):
+    parser.add_argument('-i', '--input', required=True, help='an image file, or a folder of images (not recursive)')
+    parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
+    parser.add_argument('--weights', required=True,
+                        help='checkpoint: BasicSR net_g_*.pth (params_ema preferred), a bare state dict, '
+                             'or .safetensors')
+    parser.add_argument('-opt', '--opt', default=None,
+                        help='BasicSR option file whose network_g describes the weights (default: read the '
+                             'architecture from the weights)')
+    parser.add_argument('--scale', type=int, default=None,
+                        help='expected scale; refuse a checkpoint of another scale')
+    parser.add_argument('--param-key', default=None,
+                        help='checkpoint entry to load (default: params_ema, else params)')
+    parser.add_argument('--tile', type=int, default=DEFAULT_TILE,
+                        help=f'tile size in input pixels, 0 = whole image at once (default {DEFAULT_TILE}); '
+                             'peak device memory grows with it, not with the image')
+    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_OVERLAP,
+                        help=f'pixels shared by neighbouring tiles, cross-faded (default {DEFAULT_OVERLAP})')
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+                        help='arithmetic: fp32 (default), bf16, fp16 (CUDA only)')
+    parser.add_argument('--device', default='auto', help='auto (CUDA if available), cpu, cuda or cuda:N')
+    parser.add_argument('--self-ensemble', action='store_true', help='average the 8 flips/rotations (x8 time)')
+    parser.add_argument('--alpha', choices=('bicubic', 'model'), default='bicubic',
+                        help='how to upscale an alpha channel (default bicubic)')
+    parser.add_argument('--suffix', default=None,
+                        help='appended to each output name before the extension (default _x<scale>; "" for none)')
+    parser.add_argument('--ext', default=None,
+                        help='output format by extension, e.g. png (default: the input\'s)')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f'msrasr upscale: warning: {message}', file=sys.stderr)
+
+
+def list_inputs(path: str):
+    """Image files to process: `path` itself, or the images in folder `path` (others skipped with a
+    warning; hidden files, such as our own partial outputs, silently)."""
+    from msrasr_arch.inference.image_io import is_image_file
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserError(f'input {path} does not exist')
+    files = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name.startswith('.') or os.path.isdir(full):
+            continue
+        if is_image_file(name):
+            files.append(full)
+        else:
+            _warn(f'skipping {full}: not an image file')
+    if not files:
+        raise UserError(f'no image files in {path}')
+    return files
+
+
+def prepare_output_folder(folder: str) -> str:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f'cannot create output folder {folder}: {err.strerror or err}') from None
+    # os.access answers for root as if every folder were writable; only a real write tells the truth.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.msrasr-write-test-'):
+            pass
+    except OSError as err:
+        raise UserError(f'output folder {folder} is not writable: {err.strerror or err}') from None
+    return folder
+
+
+def output_path(input_path: str, folder: str, suffix: str, ext) -> str:
+    from msrasr_arch.inference.image_io import output_extension
+    stem = os.path.splitext(os.path.basename(input_path))[0]
+    return os.path.join(folder, f'{stem}{suffix}{output_extension(input_path, ext)}')
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from msrasr_arch.inference.image_io import read_image, write_image
+    from msrasr_arch.inference.upscaler import Upscaler
+
+    inputs = list_inputs(args.input)
+    folder = prepare_output_folder(args.output)
+    upscaler = Upscaler.from_checkpoint(args.weights, opt=args.opt, scale=args.scale, param_key=args.param_key,
+                                        device=args.device, precision=args.precision, tile=args.tile or None,
+                                        tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
+                                        alpha=args.alpha)
+    suffix = f'_x{upscaler.scale}' if args.suffix is None else args.suffix
+    single = len(inputs) == 1 and os.path.isfile(args.input)
+    done, skipped, failed = 0, 0, []
+    start = time.perf_counter()
+    bar = tqdm(inputs, unit='image', disable=args.quiet or None, file=sys.stderr, desc='images')
+    for path in bar:
+        out = output_path(path, folder, suffix, args.ext)
+        if os.path.abspath(out) == os.path.abspath(path):
+            raise UserError(f'the output for {path} would replace the input; use another -o folder or a --suffix')
+        if os.path.exists(out) and not args.overwrite:
+            _warn(f'skipping {path}: {out} exists (use --overwrite to replace it)')
+            skipped += 1
+            continue
+        try:
+            image = read_image(path)
+        except UserError as err:
+            if single:
+                raise
+            _warn(f'skipping {err}')
+            failed.append(path)
+            continue
+        tiles = tqdm(total=upscaler.calls_for(image), unit='tile', leave=False, desc=os.path.basename(path),
+                     disable=args.quiet or None, file=sys.stderr)
+        with tiles:
+            result = upscaler.upscale(image, on_tile=tiles.update)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            try:
+                write_image(out, result, overwrite=args.overwrite)
+            except OSError as err:
+                raise UserError(f'cannot write {out}: {err.strerror or err}') from None
+        for w in caught:
+            _warn(str(w.message))
+        done += 1
+    bar.close()
+    seconds = time.perf_counter() - start
+    print(f'upscaled {done} image(s) x{upscaler.scale} into {folder} in {seconds:.1f} s'
+          + (f'; {skipped} skipped (outputs exist)' if skipped else ''), file=sys.stderr)
+    if failed:
+        raise UserError(f'{len(failed)} of {len(inputs)} image(s) could not be read: {", ".join(failed[:5])}')
+    return 0
