@@ -34,7 +34,7 @@ def add_arguments(parser):
     parser.add_argument('--out', default='msrasr_quickstart',
                         help='working folder for data, checkpoints and results (default: ./msrasr_quickstart)')
     parser.add_argument('--minutes', type=float, default=5.0,
-                        help='training time budget in minutes (default 5; the whole run takes about 2 more)')
+                        help='training time budget in minutes (default 5; data, set-up and testing add 1-2 more)')
     parser.add_argument('--iters', type=int, default=None,
                         help='train this many iterations (still stopped by --minutes)')
     parser.add_argument('--from-scratch', action='store_true',
@@ -260,8 +260,8 @@ def run(args):
         run_pipeline('train', ['-opt', train_yml], root=out)
     train_s = time.time() - t0
     checkpoint = os.path.join(out, 'experiments', EXP_NAME, 'models', 'net_g_latest.pth')
-    done = torch.load(os.path.join(out, 'experiments', EXP_NAME, 'models', 'net_g_latest.pth'))  # sanity: it exists
-    del done
+    if not os.path.isfile(checkpoint):
+        raise UserError(f'training ended without writing {checkpoint}; see {os.path.join(out, EXP_NAME + ".log")}')
 
     test_yml = write_yaml(os.path.join(out, 'options', f'test_{EXP_NAME}.yml'),
                            test_options(paths, checkpoint, use_ema=args.ema > 0))
