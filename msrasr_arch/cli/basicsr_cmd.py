@@ -139,17 +139,9 @@ def main(argv=None):
     if command not in PIPELINES:
         print(f'basicsr: error: unknown command {command!r} (choose train or test)\n\n{USAGE}', file=sys.stderr)
         return 2
-    from msrasr_arch.utils.errors import UserError
+    from msrasr_arch.utils.errors import run_reporting_errors
 
-    try:
-        run_pipeline(command, flags)
-    except UserError as err:
-        print(f'basicsr {command}: error: {err}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'basicsr {command}: interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return run_reporting_errors(f'basicsr {command}', run_pipeline, command, flags)
 
 
 if __name__ == '__main__':

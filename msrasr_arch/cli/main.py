@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from msrasr_arch.utils.errors import UserError
+from msrasr_arch.utils.errors import run_reporting_errors
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
@@ -32,14 +32,7 @@ def main(argv=None) -> int:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
     args = parser.parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except UserError as err:
-        print(f'msrasr {args.command}: error: {err}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'msrasr {args.command}: interrupted', file=sys.stderr)
-        return 130
+    return run_reporting_errors(f'msrasr {args.command}', args._run, args)
 
 
 if __name__ == '__main__':

@@ -12,10 +12,12 @@ from copy import deepcopy
 
 import torch
 from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from msrasr_arch.archs.window import pad_to_multiple
+from msrasr_arch.utils.checkpoint import load_checkpoint, load_into
 from msrasr_arch.utils.errors import UserError
 from msrasr_arch.utils.tiling import self_ensemble, tile_forward
 
@@ -28,17 +30,6 @@ def pad_multiple_of(net, default=1):
         if isinstance(value, int) and value > 0:
             return value
     return default
-
-
-def pad_to_multiple(img, multiple):
-    """Pad ``img`` at the bottom/right so H and W are multiples of ``multiple``."""
-    h, w = img.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not (ph or pw):
-        return img
-    # Reflection needs the pad to be smaller than the side; replicate covers tiny inputs.
-    mode = 'reflect' if ph < h and pw < w else 'replicate'
-    return F.pad(img, (0, pw, 0, ph), mode=mode)
 
 
 def padded_forward(net, img, multiple, scale):
@@ -151,9 +142,26 @@ class MSRASRModel(SRModel):
             del self._eval_net
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        if not os.path.isfile(load_path):
-            raise UserError(f'path:pretrain_network_g: {load_path} does not exist')
-        super().load_network(net, load_path, strict=strict, param_key=param_key)
+        """BasicSR's ``params`` / ``params_ema`` semantics through the package's one checkpoint loader:
+        ``.safetensors`` and bare state dicts too, ``module.`` prefixes stripped, pickles opened with
+        ``weights_only=True`` only, and a mismatch named key by key in one line."""
+        net = self.get_bare_model(net)
+        # BasicSR asks for params_ema and falls back to params; load_checkpoint(None) prefers them in that order.
+        wanted = None if param_key == 'params_ema' else param_key
+        try:
+            ckpt = load_checkpoint(load_path, param_key=wanted)
+        except UserError:
+            if wanted is None or not os.path.isfile(load_path):
+                raise
+            ckpt = load_checkpoint(load_path)  # a bare state dict or an exported .safetensors
+        state = ckpt.state_dict
+        get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, '
+                               f'with param key: [{ckpt.param_key}].')
+        if strict:
+            load_into(net, state, source=f'{load_path}')
+        else:
+            self._print_different_keys_loading(net, state, strict)
+            net.load_state_dict(state, strict=False)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, epoch, current_iter):
