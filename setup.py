@@ -18,8 +18,8 @@ setup(
     python_requires='>=3.9',
     install_requires=[
         'basicsr>=1.4.2',
-        'torch>=2.1',
-        'torchvision>=0.16',
+        'torch>=2.3',  # torch.nn.attention.sdpa_kernel, torch.compiler.is_compiling
+        'torchvision>=0.18',
         'numpy',
         'opencv-python',
         'pyyaml',
