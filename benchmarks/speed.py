@@ -6,12 +6,14 @@
     python benchmarks/speed.py --ffn                  # the FFN alone, before/after re-parameterisation
 
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train" is one
-forward + backward + Adam step on a batch of 4 LR patches of 64x64. Ratios are MSRA-SR / SwinIR, so
-below 1 means MSRA-SR is faster / smaller. Peak memory: CUDA's allocator peak on GPU; on CPU the rise of
-the process's peak RSS (Linux), measured in a fresh subprocess per model so one model's peak cannot hide
-another's.
+forward + backward + Adam step on a batch of 4 LR patches of 64x64. The models are timed interleaved, one
+run of each in turn (A B, then B A, ...), so that a slow spell of a shared machine lands on all of them;
+a ratio is the median over runs of MSRA-SR's time / SwinIR's time in the same round, so below 1 means
+MSRA-SR is faster / smaller. Peak memory: CUDA's allocator peak on GPU; on CPU the rise of the process's
+peak RSS (Linux), measured in a fresh subprocess per model so one model's peak cannot hide another's.
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -54,17 +56,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, runs, device, warmup=2):
-    for _ in range(warmup):
-        fn()
+def interleaved_times(fns, runs, device, warmup=2):
+    """``{name: [seconds per run]}``, running each ``fns[name]()`` once per round, in alternating order."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(runs):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 def prepare(model, args, device, dtype):
@@ -76,14 +82,18 @@ def prepare(model, args, device, dtype):
     return net
 
 
-def infer(model, args, size, device, dtype):
+def infer_fn(model, args, size, device, dtype):
     net = prepare(model, args, device, dtype).eval().to(dtype)
     x = torch.rand(1, 3, size, size, device=device, dtype=dtype)
-    with torch.no_grad():
-        return median_time(lambda: net(x), args.runs, device)
+
+    def forward():
+        with torch.no_grad():
+            net(x)
+
+    return forward
 
 
-def train_step(model, args, device, dtype):
+def train_fn(model, args, device, dtype):
     net = prepare(model, args, device, dtype).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.rand(4, 3, 64, 64, device=device)
@@ -96,7 +106,7 @@ def train_step(model, args, device, dtype):
         loss.backward()
         opt.step()
 
-    return median_time(step, max(2, args.runs // 2), device, warmup=1)
+    return step
 
 
 def peak_memory(model, args, mode, size, device, dtype):
@@ -184,12 +194,12 @@ def ffn_benchmark(args, device, dtype):
     torch.manual_seed(0)
     ffn = FFN(dim=60, hidden_dim=120, kernels=(1, 3, 5, 7)).to(device).eval().to(dtype)
     x = torch.rand(1, 360, 512, 60, device=device, dtype=dtype)
+    deployed = copy.deepcopy(ffn)
+    deployed.msdwc.reparameterize()
     with torch.no_grad():
-        before = median_time(lambda: ffn(x), args.runs, device)
-        ref = ffn(x)
-        ffn.msdwc.reparameterize()
-        after = median_time(lambda: ffn(x), args.runs, device)
-        diff = (ffn(x) - ref).abs().max().item()
+        times = interleaved_times({'multi': lambda: ffn(x), 'deployed': lambda: deployed(x)}, args.runs, device)
+        before, after = statistics.median(times['multi']), statistics.median(times['deployed'])
+        diff = (deployed(x) - ffn(x)).abs().max().item()
     print(f'FFN (C=60, hidden 120, 512x360 tokens): multi-branch {before * 1e3:.1f} ms -> re-parameterised '
           f'{after * 1e3:.1f} ms ({before / after:.2f}x faster; max abs diff {diff:.1e}); paper: 0.15 s -> 0.02 s')
 
@@ -233,24 +243,33 @@ def main():
     if not args.no_memory:
         keys += [f'mem_infer@{s}' for s in args.sizes] + ([] if args.no_train else ['mem_train'])
     print(f'{"":<20} ' + ' '.join(f'{k:>14}' for k in keys), flush=True)
-    results = {}
-    for model in args.models:  # one row per model, printed as soon as it is measured
-        r = results[model] = {}
-        for s in args.sizes:
-            r[f'infer@{s}'] = infer(model, args, s, device, dtype)
-        if not args.no_train:
-            r['train'] = train_step(model, args, device, dtype)
-        if not args.no_memory:
+    results = {model: {} for model in args.models}  # key -> list of per-run seconds (or MiB)
+    for size in args.sizes:
+        fns = {model: infer_fn(model, args, size, device, dtype) for model in args.models}
+        for model, times in interleaved_times(fns, args.runs, device).items():
+            results[model][f'infer@{size}'] = times
+        del fns
+    if not args.no_train:
+        fns = {model: train_fn(model, args, device, dtype) for model in args.models}
+        for model, times in interleaved_times(fns, max(2, args.runs // 2), device, warmup=1).items():
+            results[model]['train'] = times
+        del fns
+    if not args.no_memory:
+        for model in args.models:
             for s in args.sizes:
-                r[f'mem_infer@{s}'] = peak_memory(model, args, 'infer', s, device, dtype)
+                results[model][f'mem_infer@{s}'] = [peak_memory(model, args, 'infer', s, device, dtype)]
             if not args.no_train:
-                r['mem_train'] = peak_memory(model, args, 'train', 64, device, dtype)
+                results[model]['mem_train'] = [peak_memory(model, args, 'train', 64, device, dtype)]
+    for model, r in results.items():
         print(f'{model:<20} ' + ' '.join(
-            f'{r[k] * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k]:>11.0f}MiB' for k in keys), flush=True)
+            f'{statistics.median(r[k]) * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k][0]:>11.0f}MiB'
+            for k in keys), flush=True)
     if 'swinir' in results:
+        base = results['swinir']
         for model, r in results.items():
             if model != 'swinir':
-                print(f'{model + "/swinir":<20} ' + ' '.join(f'{r[k] / results["swinir"][k]:>13.2f}x' for k in keys))
+                ratios = [statistics.median(a / b for a, b in zip(r[k], base[k])) for k in keys]
+                print(f'{model + "/swinir":<20} ' + ' '.join(f'{x:>13.2f}x' for x in ratios))
     if args.ffn:
         ffn_benchmark(args, device, dtype)
 

@@ -267,3 +267,61 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
         monkeypatch.setattr(window, 'capturing_graph', lambda: True)
         folded = net(x)
     assert (grouped - folded).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0}])
+def test_fused_training_path_matches_reference_gradients(over):
+    """Training (grad enabled, CPU) attends explicitly per window group; outputs and every gradient match the
+    materialised reference, shifted windows included (batch 2, 3x3 windows: all four mask groups)."""
+    cfg = dict(TINY, **over)
+    net = perturbed(MSRASR(upscale=2, **cfg), seed=5).train()
+    x = torch.rand(2, 3, 21, 18)
+    grads = {}
+    for impl in ('fused', 'reference'):
+        net.zero_grad()
+        out = net.set_attn_impl(impl)(x)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        grads[impl] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
+    (out_f, g_f), (out_r, g_r) = grads['fused'], grads['reference']
+    assert (out_f - out_r).abs().max().item() < 1e-5
+    for name, g in g_r.items():
+        assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
+
+
+def test_shifted_factors_inference_and_autograd_forms_agree():
+    """Q' K'^T equals F applied to scale * q k^T (zero padding), in both forms of the construction."""
+    from msrasr_arch.archs.shared_attention import _shifted_factors
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, 2, 9, 5, generator=g), torch.randn(3, 2, 9, 5, generator=g)
+    w = torch.randn(2, 3, 3, generator=g)
+    want = torch.nn.functional.conv2d(q @ k.transpose(-2, -1), w.unsqueeze(1), padding=1, groups=2)
+    for width in (15, 16, 32):
+        with torch.no_grad():
+            fast = _shifted_factors(q, k, w, width)
+        slow = _shifted_factors(q, k, w, width)
+        for qq, kk in (fast, slow):
+            assert qq.shape == kk.shape == (3, 2, 9, width)
+            assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
+
+
+def test_grouped_window_layout_is_roll_plus_partition():
+    """The grouped layout's gather is the rolled raster partition, reordered so that every group is one
+    contiguous slice of windows sharing one mask; scatter inverts it."""
+    from msrasr_arch.archs.window import _shift_mask, window_partition
+    b, h, w, ws, s = 2, 24, 40, 8, 4
+    layout = _shift_mask(b, h, w, ws, s, torch.device('cpu'), torch.float32)
+    x = torch.randn(b, h, w, 3)
+    grouped = x.reshape(-1, 3)[layout.gather].view(-1, ws * ws, 3)
+    raster = window_partition(torch.roll(x, (-s, -s), (1, 2)), ws).view(b, -1, ws * ws, 3)
+    assert torch.equal(grouped.reshape(-1, 3)[layout.scatter].view_as(x), x)
+    assert [count for _, count, _ in layout.groups] == [2 * 2 * 4, 2 * 2, 2 * 4, 2]
+    nww = w // ws
+    for start, count, mask in layout.groups:
+        for i in range(start, start + count):
+            window = grouped[i]  # find it in the raster order: it must carry that window's mask
+            hits = [(bi, j) for bi in range(b) for j in range(raster.shape[1]) if torch.equal(raster[bi, j], window)]
+            assert len(hits) == 1
+            bi, j = hits[0]
+            want = layout.mask[j]
+            assert torch.equal(want, torch.zeros_like(want)) if mask is None else torch.equal(want, mask)
+            assert (mask is None) == (j // nww < h // ws - 1 and j % nww < nww - 1)  # None only inside

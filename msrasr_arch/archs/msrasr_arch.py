@@ -82,12 +82,19 @@ class MSTBLayer(nn.Module):
         b, h, w, c = x.shape
         ws, s = self.window_size, self.shift
         y = self.norm1(x)
-        if s:
-            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-        y, state = self.attn(window_partition(y, ws).view(-1, ws * ws, c), mask if s else None, shared, impl)
-        y = window_reverse(y.view(-1, ws, ws, c), ws, h, w)
-        if s:
-            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        if s and impl == 'fused' and mask.groups:
+            # The grouped window layout (see ShiftMask): roll + partition, and reverse + roll back, are one
+            # gather each, and the windows sharing a mask come out contiguous.
+            y, state = self.attn(y.reshape(-1, c).index_select(0, mask.gather).view(-1, ws * ws, c), mask, shared,
+                                 impl)
+            y = y.reshape(-1, c).index_select(0, mask.scatter).view(b, h, w, c)
+        else:
+            if s:
+                y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+            y, state = self.attn(window_partition(y, ws).view(-1, ws * ws, c), mask if s else None, shared, impl)
+            y = window_reverse(y.view(-1, ws, ws, c), ws, h, w)
+            if s:
+                y = torch.roll(y, shifts=(s, s), dims=(1, 2))
         x = x + self.drop_path(y)
         if self.csa is not None:
             x = x + self.drop_path(self.csa(self.norm_csa(x), impl))
@@ -275,8 +282,8 @@ class MSRASR(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W); H, W multiples of ``window_size``."""
         t = self.patch_norm(x.permute(0, 2, 3, 1))
-        _, h, w, _ = t.shape
-        mask = shift_mask(h, w, self.window_size, self.window_size // 2, x.device, x.dtype)
+        b, h, w, _ = t.shape
+        mask = shift_mask(b, h, w, self.window_size, self.window_size // 2, x.device, x.dtype)
         for layer in self.layers:
             t = layer(t, mask, self.attn_impl)
         return self.norm(t).permute(0, 3, 1, 2)

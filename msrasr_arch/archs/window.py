@@ -4,7 +4,7 @@ Tensors in the network body are channels-last images ``(B, H, W, C)``; windows a
 with ``N = window_size ** 2`` tokens in raster order, as in SwinIR (whose partition helpers we reuse).
 """
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch.nn import functional as F
@@ -37,16 +37,27 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 
 
 class ShiftMask(NamedTuple):
-    """The shift mask of an image size, with its windows grouped by identical masks.
+    """The shift mask of a batch and image size, and a window order that groups windows with equal masks.
 
-    ``mask`` (nW, N, N): 0 or -100 per window. A window's mask depends only on whether it lies in the last
-    window row and/or column (the ones straddling the cyclic wrap), so there are at most four distinct
-    masks: ``groups`` holds, for each, the window indices and that one ``(N, N)`` mask (None for the
-    all-zero interior), and ``order`` puts ``cat(group windows)`` back in window order.
+    ``mask`` (nW, N, N): 0 or -100 per window, windows in raster order (the layout of
+    :func:`window_partition` after ``torch.roll``). A window's mask depends only on whether it lies in the
+    last window row and/or column (the ones straddling the cyclic wrap), so there are at most four distinct
+    masks. The grouped layout orders the ``B * nW`` windows group by group (interior, last column, last
+    row, corner; batch-major inside a group), so that each group is a contiguous slice that one attention
+    call handles with one broadcast ``(N, N)`` mask, and no ``(B * nW, h, N, N)`` mask is ever built:
+
+    * ``gather`` (B*H*W,): for each token of the grouped windows, its flat index in the *unshifted*
+      ``(B, H, W)`` image, so one ``index_select`` does the roll and the partition together;
+    * ``scatter`` (B*H*W,): the inverse permutation (window reverse and roll back in one ``index_select``);
+    * ``groups``: ``(start, count, mask (N, N) or None for the all-zero interior)`` in windows.
+
+    While a graph is captured the layout fields are None and ``groups`` is empty: callers then use the
+    raster layout and ``mask``.
     """
     mask: torch.Tensor
     groups: tuple
-    order: torch.Tensor
+    gather: Optional[torch.Tensor]
+    scatter: Optional[torch.Tensor]
 
 
 def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -63,22 +74,28 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
 
 
 @functools.lru_cache(maxsize=16)
-def _shift_mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
+def _shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
     mask = _mask(h, w, window_size, shift, device, dtype)
-    # Grouped from the geometry rather than the mask's values, so this also works on the meta device.
+    # Built from the geometry rather than the mask's values, so this also works on the meta device.
     nwh, nww = h // window_size, w // window_size
-    index = torch.arange(nwh * nww)
-    last_row, last_col = index // nww == nwh - 1, index % nww == nww - 1
-    groups, members = [], []
-    for in_row in (False, True):
-        for in_col in (False, True):
-            idx = torch.nonzero((last_row == in_row) & (last_col == in_col)).flatten()
-            if len(idx):
-                members.append(idx)
-                interior = not in_row and not in_col
-                groups.append((idx.to(device), None if interior else mask[int(idx[0])]))
-    order = torch.argsort(torch.cat(members)).to(device)
-    return ShiftMask(mask, tuple(groups), order)
+    pixels = torch.arange(b * h * w).view(b, h, w, 1)
+    windows = window_partition(torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2)), window_size)
+    windows = windows.view(b, nwh, nww, window_size * window_size)
+    inner_h, inner_w = slice(0, nwh - 1), slice(0, nww - 1)
+    last_h, last_w = slice(nwh - 1, nwh), slice(nww - 1, nww)
+    groups, members, start = [], [], 0
+    for rows, cols in ((inner_h, inner_w), (inner_h, last_w), (last_h, inner_w), (last_h, last_w)):
+        member = windows[:, rows, cols]
+        count = member.shape[0] * member.shape[1] * member.shape[2]
+        if count:
+            interior = rows is inner_h and cols is inner_w
+            groups.append((start, count, None if interior else mask[rows.start * nww + cols.start]))
+            members.append(member.reshape(-1))
+            start += count
+    gather = torch.cat(members)
+    scatter = torch.empty_like(gather)
+    scatter[gather] = torch.arange(len(gather))
+    return ShiftMask(mask, tuple(groups), gather.to(device), scatter.to(device))
 
 
 def capturing_graph() -> bool:
@@ -87,13 +104,13 @@ def capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def shift_mask(h: int, w: int, window_size: int, shift: int, device, dtype) -> ShiftMask:
-    """The additive mask for cyclically shifted windows of an ``h x w`` image (see :class:`ShiftMask`).
+def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype) -> ShiftMask:
+    """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
 
     Cached per size, device and dtype: every shifted layer of a forward, and every forward at the same
     size, reuses the same tensors. Callers must not modify them. While a graph is captured (ONNX export,
-    tracing, ``torch.compile``) the mask is built from the traced sizes and comes without groups.
+    tracing, ``torch.compile``) the mask is built from the traced sizes and comes without the grouped layout.
     """
     if capturing_graph():
-        return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None)
-    return _shift_mask(h, w, window_size, shift, torch.device(device), dtype)
+        return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)
+    return _shift_mask(b, h, w, window_size, shift, torch.device(device), dtype)
