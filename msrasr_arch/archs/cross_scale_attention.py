@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .sdpa import sdpa
+from .shared_attention import fused_width
 from .window import window_partition, window_reverse
 
 
@@ -49,10 +50,54 @@ class CrossScaleAttention(nn.Module):
         self.fuse = nn.Linear(dim_csa * sum(s * s for s in scales), dim)
 
     def forward(self, x: torch.Tensor, impl: str = 'fused') -> torch.Tensor:
+        if impl == 'reference':
+            return self._reference(x)
+        b, hh, ww, _ = x.shape
+        ws, nh, hd, n = self.window_size, self.num_heads, self.head_dim, self.window_size**2
+        dim = self.fuse.out_features
+        q = window_partition(self.q(x), ws).view(-1, n, nh, hd).transpose(1, 2)  # (bw, nh, N, hd)
+        k = self.k(x).permute(0, 3, 1, 2)  # (B, c, H, W)
+        v = self.v(x).permute(0, 3, 1, 2)
+        bw = q.shape[0]
+        # fuse(cat_s(Y_s)) = sum_s Y_s W_s^T + bias, with W_s the columns of scale s, ordered (head, channel);
+        # fusing per scale inside the windows never builds the 21c-wide concatenation, and the window
+        # reverse moves C channels instead.
+        y, offset = None, 0
+        for s in self.scales:
+            wss, ev = self.window_size // s, hd * s * s
+            ns = wss * wss
+            w_s = self.fuse.weight[:, offset:offset + nh * ev]  # (C, nh * ev)
+            offset += nh * ev
+            ks = F.avg_pool2d(k, s) if s > 1 else k
+            vs = F.pixel_unshuffle(v.reshape(b * nh, hd, hh, ww), s).view(b, nh * ev, hh // s, ww // s)
+            ks = window_partition(ks.permute(0, 2, 3, 1), wss).view(-1, ns, nh, hd).transpose(1, 2)
+            vs = window_partition(vs.permute(0, 2, 3, 1), wss).view(-1, ns, nh, ev).transpose(1, 2)
+            if ns * ev * dim + n * ns * dim < n * ns * ev + n * ev * dim:
+                # Few keys with wide values (large s): project the values first, softmax(QK^T) (V W_s^T),
+                # summing over heads in the same matmul: e.g. 8.7x fewer multiply-adds at s = 4, classical.
+                p = ((q * hd**-0.5) @ ks.transpose(-2, -1)).softmax(dim=-1)  # (bw, nh, N, ns)
+                # One (bw * ns, ev) x (ev, C) product per head (a broadcast matmul would copy W_s per window).
+                vw = vs.transpose(0, 1).reshape(nh, bw * ns, ev) @ w_s.view(dim, nh, ev).permute(1, 2, 0)
+                vw = vw.view(nh, bw, ns, dim).transpose(0, 1).reshape(bw, nh * ns, dim)
+                part = p.transpose(1, 2).reshape(bw, n, nh * ns) @ vw
+            else:
+                # The fused CPU kernel needs equal q/v head dims (zero-padding q and k leaves q k^T unchanged)
+                # and is fastest at a multiple of 16 floats (see fused_width).
+                width = max(ev, fused_width(hd, x.device))
+                qs, ks = (F.pad(q, (0, width - hd)), F.pad(ks, (0, width - hd))) if width > hd else (q, ks)
+                vs = F.pad(vs, (0, width - ev)) if width > ev else vs
+                o = sdpa(qs, ks, vs, scale=hd**-0.5)[..., :ev]
+                part = o.transpose(1, 2).reshape(bw, n, nh * ev) @ w_s.t()
+            y = part if y is None else y.add_(part)
+        y = y + self.fuse.bias
+        return window_reverse(y.view(-1, ws, ws, dim), ws, hh, ww)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The literal form: per-scale attention outputs concatenated, window-reversed, then fused."""
         b, hh, ww, _ = x.shape
         ws, nh, hd = self.window_size, self.num_heads, self.head_dim
         q = window_partition(self.q(x), ws).view(-1, ws * ws, nh, hd).transpose(1, 2)
-        k = self.k(x).permute(0, 3, 1, 2)  # (B, c, H, W)
+        k = self.k(x).permute(0, 3, 1, 2)
         v = self.v(x).permute(0, 3, 1, 2)
         outs = []
         for s in self.scales:
@@ -61,13 +106,7 @@ class CrossScaleAttention(nn.Module):
             vs = F.pixel_unshuffle(v.reshape(b * nh, hd, hh, ww), s).view(b, nh * hd * s * s, hh // s, ww // s)
             ks = window_partition(ks.permute(0, 2, 3, 1), wss).view(-1, wss * wss, nh, hd).transpose(1, 2)
             vs = window_partition(vs.permute(0, 2, 3, 1), wss).view(-1, wss * wss, nh, hd * s * s).transpose(1, 2)
-            if impl == 'reference':
-                o = ((q * hd**-0.5) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
-            else:
-                # The fused CPU kernel needs equal q/v head dims: zero-padding q and k leaves q k^T unchanged.
-                ev = hd * s * s
-                qs, ks = (F.pad(q, (0, ev - hd)), F.pad(ks, (0, ev - hd))) if s > 1 else (q, ks)
-                o = sdpa(qs, ks, vs, scale=hd**-0.5)
+            o = ((q * hd**-0.5) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
             outs.append(o.transpose(1, 2).reshape(-1, ws * ws, nh * hd * s * s))
         y = torch.cat(outs, dim=-1)
         return self.fuse(window_reverse(y.view(-1, ws, ws, y.shape[-1]), ws, hh, ww))
