@@ -307,9 +307,10 @@ def test_shifted_factors_inference_and_autograd_forms_agree():
 def test_grouped_window_layout_is_roll_plus_partition():
     """The grouped layout's gather is the rolled raster partition, reordered so that every group is one
     contiguous slice of windows sharing one mask; scatter inverts it."""
-    from msrasr_arch.archs.window import _shift_mask, window_partition
+    from msrasr_arch.archs.window import shift_mask, window_partition
     b, h, w, ws, s = 2, 24, 40, 8, 4
-    layout = _shift_mask(b, h, w, ws, s, torch.device('cpu'), torch.float32)
+    layout = shift_mask(b, h, w, ws, s, 'cpu', torch.float32)
+    raster_mask = shift_mask(b, h, w, ws, s, 'cpu', torch.float32, grouped=False).mask
     x = torch.randn(b, h, w, 3)
     grouped = x.reshape(-1, 3)[layout.gather].view(-1, ws * ws, 3)
     raster = window_partition(torch.roll(x, (-s, -s), (1, 2)), ws).view(b, -1, ws * ws, 3)
@@ -322,6 +323,6 @@ def test_grouped_window_layout_is_roll_plus_partition():
             hits = [(bi, j) for bi in range(b) for j in range(raster.shape[1]) if torch.equal(raster[bi, j], window)]
             assert len(hits) == 1
             bi, j = hits[0]
-            want = layout.mask[j]
+            want = raster_mask[j]
             assert torch.equal(want, torch.zeros_like(want)) if mask is None else torch.equal(want, mask)
             assert (mask is None) == (j // nww < h // ws - 1 and j % nww < nww - 1)  # None only inside

@@ -82,7 +82,7 @@ class MSTBLayer(nn.Module):
         b, h, w, c = x.shape
         ws, s = self.window_size, self.shift
         y = self.norm1(x)
-        if s and impl == 'fused' and mask.groups:
+        if s and mask.groups:
             # The grouped window layout (see ShiftMask): roll + partition, and reverse + roll back, are one
             # gather each, and the windows sharing a mask come out contiguous.
             y, state = self.attn(y.reshape(-1, c).index_select(0, mask.gather).view(-1, ws * ws, c), mask, shared,
@@ -283,7 +283,8 @@ class MSRASR(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); H, W multiples of ``window_size``."""
         t = self.patch_norm(x.permute(0, 2, 3, 1))
         b, h, w, _ = t.shape
-        mask = shift_mask(b, h, w, self.window_size, self.window_size // 2, x.device, x.dtype)
+        mask = shift_mask(b, h, w, self.window_size, self.window_size // 2, x.device, x.dtype,
+                          grouped=self.attn_impl == 'fused')
         for layer in self.layers:
             t = layer(t, mask, self.attn_impl)
         return self.norm(t).permute(0, 3, 1, 2)

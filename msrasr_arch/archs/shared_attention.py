@@ -15,6 +15,16 @@ Two exact implementations:
   ``w``-weighted sums of shifted copies of ``k`` (architecture.md section 8). No ``N x N`` map is ever
   built: every layer is one ``scaled_dot_product_attention`` call. A chain (depth > 4) nests the
   construction again, which stays exact at the window borders where composing kernels would not.
+
+What makes ``fused`` fast on CPU (issue #6; measured with 64 windows x 6 heads x 256 tokens, 2 threads):
+
+* SDPA's fused CPU kernel is used only for 4-D inputs, a 4-D mask and equal q/v widths, and is fastest at
+  head widths that are multiples of 16 floats (:func:`fused_width`); q, k and v come out of the
+  projections already padded with zeros (zero weight rows), which changes no dot product.
+* Shifted windows arrive in the grouped layout of :class:`~msrasr_arch.archs.window.ShiftMask`: one
+  attention call per group of windows sharing a mask, on a contiguous slice, with no gathers.
+* In CPU training (the position bias needs a gradient, which the fused kernel does not give) attention is
+  explicit, per group, with the bias added in place.
 """
 from typing import NamedTuple, Optional
 

@@ -37,24 +37,25 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 
 
 class ShiftMask(NamedTuple):
-    """The shift mask of a batch and image size, and a window order that groups windows with equal masks.
+    """The shift mask of a batch and image size, in one of two layouts.
 
-    ``mask`` (nW, N, N): 0 or -100 per window, windows in raster order (the layout of
-    :func:`window_partition` after ``torch.roll``). A window's mask depends only on whether it lies in the
-    last window row and/or column (the ones straddling the cyclic wrap), so there are at most four distinct
-    masks. The grouped layout orders the ``B * nW`` windows group by group (interior, last column, last
-    row, corner; batch-major inside a group), so that each group is a contiguous slice that one attention
-    call handles with one broadcast ``(N, N)`` mask, and no ``(B * nW, h, N, N)`` mask is ever built:
+    A window's mask (0 or -100 between tokens from different sides of the cyclic wrap) depends only on
+    whether it lies in the last window row and/or column, so there are at most four distinct masks.
 
-    * ``gather`` (B*H*W,): for each token of the grouped windows, its flat index in the *unshifted*
-      ``(B, H, W)`` image, so one ``index_select`` does the roll and the partition together;
-    * ``scatter`` (B*H*W,): the inverse permutation (window reverse and roll back in one ``index_select``);
-    * ``groups``: ``(start, count, mask (N, N) or None for the all-zero interior)`` in windows.
+    * Raster (``mask`` set, the rest empty): ``mask`` (nW, N, N) for the windows in the order of
+      :func:`window_partition` after ``torch.roll``. Used by the reference implementation and while a graph
+      is captured.
+    * Grouped (``mask`` None): the ``B * nW`` windows are ordered group by group (interior, last column,
+      last row, corner; batch-major inside a group), so that each group is a contiguous slice that one
+      attention call handles with one broadcast ``(N, N)`` mask, and no per-window mask exists at all
+      (the raster one is 1 GiB for a 1024x1024 input).
 
-    While a graph is captured the layout fields are None and ``groups`` is empty: callers then use the
-    raster layout and ``mask``.
+      - ``gather`` (B*H*W,): for each token of the grouped windows, its flat index in the *unshifted*
+        ``(B, H, W)`` image, so one ``index_select`` does the roll and the partition together;
+      - ``scatter`` (B*H*W,): the inverse permutation (window reverse and roll back in one ``index_select``);
+      - ``groups``: ``(start, count, mask (N, N) or None for the all-zero interior)``, in windows.
     """
-    mask: torch.Tensor
+    mask: Optional[torch.Tensor]
     groups: tuple
     gather: Optional[torch.Tensor]
     scatter: Optional[torch.Tensor]
@@ -74,9 +75,9 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
 
 
 @functools.lru_cache(maxsize=16)
-def _shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
-    mask = _mask(h, w, window_size, shift, device, dtype)
-    # Built from the geometry rather than the mask's values, so this also works on the meta device.
+def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
+    # The four masks, from a 2 x 2-window image: interior, last column, last row, corner.
+    masks = _mask(2 * window_size, 2 * window_size, window_size, shift, device, dtype)
     nwh, nww = h // window_size, w // window_size
     pixels = torch.arange(b * h * w).view(b, h, w, 1)
     windows = window_partition(torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2)), window_size)
@@ -84,18 +85,17 @@ def _shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device: to
     inner_h, inner_w = slice(0, nwh - 1), slice(0, nww - 1)
     last_h, last_w = slice(nwh - 1, nwh), slice(nww - 1, nww)
     groups, members, start = [], [], 0
-    for rows, cols in ((inner_h, inner_w), (inner_h, last_w), (last_h, inner_w), (last_h, last_w)):
-        member = windows[:, rows, cols]
-        count = member.shape[0] * member.shape[1] * member.shape[2]
+    for i, (rows, cols) in enumerate(((inner_h, inner_w), (inner_h, last_w), (last_h, inner_w), (last_h, last_w))):
+        member = windows[:, rows, cols].reshape(-1)
+        count = len(member) // (window_size * window_size)
         if count:
-            interior = rows is inner_h and cols is inner_w
-            groups.append((start, count, None if interior else mask[rows.start * nww + cols.start]))
-            members.append(member.reshape(-1))
+            groups.append((start, count, None if i == 0 else masks[i]))
+            members.append(member)
             start += count
     gather = torch.cat(members)
     scatter = torch.empty_like(gather)
     scatter[gather] = torch.arange(len(gather))
-    return ShiftMask(mask, tuple(groups), gather.to(device), scatter.to(device))
+    return ShiftMask(None, tuple(groups), gather.to(device), scatter.to(device))
 
 
 def capturing_graph() -> bool:
@@ -104,13 +104,13 @@ def capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype) -> ShiftMask:
+def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype, grouped: bool = True) -> ShiftMask:
     """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
 
-    Cached per size, device and dtype: every shifted layer of a forward, and every forward at the same
-    size, reuses the same tensors. Callers must not modify them. While a graph is captured (ONNX export,
-    tracing, ``torch.compile``) the mask is built from the traced sizes and comes without the grouped layout.
+    The grouped layout is cached per size, device and dtype: every shifted layer of a forward, and every
+    forward at the same size, reuses the same tensors; callers must not modify them. The raster layout
+    (``grouped=False``, and always while a graph is captured, when sizes may be symbolic) is built anew.
     """
-    if capturing_graph():
-        return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)
-    return _shift_mask(b, h, w, window_size, shift, torch.device(device), dtype)
+    if grouped and not capturing_graph():
+        return _grouped(b, h, w, window_size, shift, torch.device(device), dtype)
+    return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)
