@@ -81,7 +81,7 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     ``q``, ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel (times the logit scale).
     ``Q'[i, a]`` is ``q[i + a - r]`` and ``K'[j, a]`` is ``sum_b w[a, b] k[j + b - r]`` (zero outside
     0..N-1), so ``Q' K'^T = F(scale * q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
-    zero in K' (and, where Q' is a view, whatever follows in memory in Q': they meet K''s zeros).
+    zero in K'; in the inference form of Q' they hold the following rows of q, which meet those zeros.
     """
     bw, h, n, e = q.shape
     size = w.shape[-1]
@@ -95,9 +95,10 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
         k_out = torch.cat([sum(taps[b][:, a] * kp[..., b:b + n, :] for b in range(size)) for a in range(size)]
                           + [kp.new_zeros(bw, h, n, width - wide)], -1)
         return q_out, k_out
-    # Inference: Q' is a view whose overlapping rows slide by one token over the padded q (no copy), and
-    # K' is accumulated over whole contiguous rows, then laid out in one copy (writing its 10-float
-    # blocks in place instead is 4x slower: nothing vectorises over them).
+    # Inference: Q' is one copy of a view whose overlapping rows slide by one token over the padded q
+    # (SDPA reads the overlapping view itself 6x slower), and K' is accumulated over whole contiguous
+    # rows, then laid out in one copy (writing its 10-float blocks in place is 4x slower: nothing
+    # vectorises over them).
     q_out = qp.as_strided((bw, h, n, width), (qp.stride(0), qp.stride(1), e, 1)).contiguous()
     kp = kp.reshape(bw, h, -1)
     acc = kp.new_empty(bw, h, size, n * e)
@@ -123,7 +124,8 @@ class SharedWindowAttention(nn.Module):
         qkv_bias: bias in the q/k/v projections.
 
     Shapes: ``forward(x (B*nW, N, C), mask (a :class:`ShiftMask`) or None, shared, impl)`` returns the output
-    ``(B*nW, N, C)`` and the :class:`SharedLogits` for the layer that inherits from this one.
+    ``(B*nW, N, C)`` and the :class:`SharedLogits` for the layer that inherits from this one. The windows of
+    ``x`` are in raster order, or in the mask's grouped order when it has groups (the output keeps it).
     """
 
     def __init__(self, *, dim: int, num_heads: int, window_size: int, computes: bool,
