@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from basicsr.archs.arch_util import trunc_normal_
 
 from .sdpa import sdpa
-from .window import ShiftMask, capturing_graph, relative_position_index
+from .window import ShiftMask, exporting, relative_position_index
 
 ATTN_IMPLS = ('fused', 'reference')
 
@@ -90,7 +90,7 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     qp = F.pad(q, (0, 0, r, r + extra))  # (bw, h, N + 2r + extra, e), contiguous
     kp = F.pad(k, (0, 0, r, r))
     taps = [w[:, :, b].reshape(h, size, 1, 1) for b in range(size)]
-    if torch.is_grad_enabled() or capturing_graph():
+    if torch.is_grad_enabled() or exporting():
         q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
         k_out = torch.cat([sum(taps[b][:, a] * kp[..., b:b + n, :] for b in range(size)) for a in range(size)]
                           + [kp.new_zeros(bw, h, n, width - wide)], -1)

@@ -98,19 +98,22 @@ def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch
     return ShiftMask(None, tuple(groups), gather.to(device), scatter.to(device))
 
 
-def capturing_graph() -> bool:
-    """True while tracing, exporting or compiling: then sizes may be symbolic, so nothing may be cached or
-    specialised on them (the window groups, whose count and indices depend on the size)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+def exporting() -> bool:
+    """True while tracing or exporting (ONNX): sizes are symbolic and the graph must serve every size, so
+    nothing may be specialised on them (the window groups, whose count and indices depend on the size).
+    ``torch.compile`` is not included: it specialises on sizes and guards them itself."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype, grouped: bool = True) -> ShiftMask:
     """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
 
-    The grouped layout is cached per size, device and dtype: every shifted layer of a forward, and every
-    forward at the same size, reuses the same tensors; callers must not modify them. The raster layout
-    (``grouped=False``, and always while a graph is captured, when sizes may be symbolic) is built anew.
+    The grouped layout is cached per size, device and dtype (built anew while compiling): every shifted
+    layer of a forward, and every forward at the same size, reuses the same tensors; callers must not
+    modify them. The raster layout (``grouped=False``, and always while tracing or exporting, when sizes
+    are symbolic) is built anew.
     """
-    if grouped and not capturing_graph():
-        return _grouped(b, h, w, window_size, shift, torch.device(device), dtype)
+    if grouped and not exporting():
+        layout = _grouped.__wrapped__ if torch.compiler.is_compiling() else _grouped
+        return layout(b, h, w, window_size, shift, torch.device(device), dtype)
     return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)

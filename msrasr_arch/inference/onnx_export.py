@@ -14,7 +14,7 @@ cannot record, both handled here:
   and high always work (PyTorch falls back to edge replication below that; the graph cannot).
 
 While a graph is captured the network builds its shift mask from the traced sizes and attends all
-windows in one call (``msrasr_arch.archs.window.capturing_graph``), so nothing size-specific is frozen.
+windows in one call (``msrasr_arch.archs.window.exporting``), so nothing size-specific is frozen.
 ``torch.export`` (``dynamo=True``) is tried second, since newer PyTorch may drop the tracer.
 """
 import os
