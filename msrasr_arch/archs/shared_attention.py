@@ -90,7 +90,8 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     qp = F.pad(q, (0, 0, r, r + extra))  # (bw, h, N + 2r + extra, e), contiguous
     kp = F.pad(k, (0, 0, r, r))
     taps = [w[:, :, b].reshape(h, size, 1, 1) for b in range(size)]
-    if torch.is_grad_enabled() or exporting():
+    # The inference form below writes through non-contiguous out= views, which torch.compile cannot trace.
+    if torch.is_grad_enabled() or exporting() or torch.compiler.is_compiling():
         q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
         k_out = torch.cat([sum(taps[b][:, a] * kp[..., b:b + n, :] for b in range(size)) for a in range(size)]
                           + [kp.new_zeros(bw, h, n, width - wide)], -1)

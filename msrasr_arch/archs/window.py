@@ -105,15 +105,21 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def static_sizes(*sizes) -> bool:
+    """False for symbolic sizes (``torch.compile`` after a size change recompiles with ``SymInt`` sizes):
+    the grouped layout's Python-level structure cannot be guarded on them."""
+    return all(isinstance(s, int) for s in sizes)
+
+
 def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype, grouped: bool = True) -> ShiftMask:
     """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
 
     The grouped layout is cached per size, device and dtype (built anew while compiling): every shifted
     layer of a forward, and every forward at the same size, reuses the same tensors; callers must not
-    modify them. The raster layout (``grouped=False``, and always while tracing or exporting, when sizes
-    are symbolic) is built anew.
+    modify them. The raster layout (``grouped=False``, and always while tracing or exporting, or when
+    ``torch.compile`` passes symbolic sizes) is built anew.
     """
-    if grouped and not exporting():
+    if grouped and not exporting() and static_sizes(b, h, w):
         layout = _grouped.__wrapped__ if torch.compiler.is_compiling() else _grouped
         return layout(b, h, w, window_size, shift, torch.device(device), dtype)
     return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)
