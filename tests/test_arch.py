@@ -15,6 +15,20 @@ from msrasr_arch.archs.shared_attention import SharedWindowAttention
 
 TINY = dict(embed_dim=12, depths=[4], num_heads=[2], window_size=8, csa_dim=4, mlp_ratio=2)
 
+# The equivalence tests run on every device present: CUDA takes other kernels and other head widths (see
+# fused_width), so on a GPU machine `pytest tests/test_arch.py -k cuda` checks that path. CI has only the CPU.
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def exact_cuda():
+    """cuDNN convs in TF32 (PyTorch's default) would differ between the two implementations by more than
+    float32 rounding: the reference applies F as a conv, the fused path as multiply-adds."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
 
 def perturbed(net, scale=0.05, seed=0):
     """Random weights everywhere (F away from identity, biases non-zero), so equalities are not trivial."""
@@ -123,11 +137,13 @@ def test_deploy_flag_loads_reparameterized_checkpoint():
     {'attn_transform_kernel': 1},
     {'shared_attn': 'none'},
     {'csa_dim': 0},
+    {'embed_dim': 20, 'num_heads': [4], 'csa_dim': 5},  # odd widths: 5 per head, 15 after F, CSA 5 and 20
 ])
-def test_fused_attention_matches_reference(over):
+@pytest.mark.parametrize('device', DEVICES)
+def test_fused_attention_matches_reference(over, device, exact_cuda):
     cfg = dict(TINY, **over)
-    net = perturbed(MSRASR(upscale=2, **cfg), seed=3).eval()
-    x = torch.rand(2, 3, 21, 18)
+    net = perturbed(MSRASR(upscale=2, **cfg), seed=3).eval().to(device)
+    x = torch.rand(2, 3, 21, 18, device=device)
     with torch.no_grad():
         fused = net(x)
         reference = net.set_attn_impl('reference')(x)
@@ -190,15 +206,40 @@ def test_forward_mutates_nothing_and_state_dict_round_trips(tmp_path):
         assert torch.equal(other(x), out)
 
 
-def test_bf16_forward_close_to_fp32():
-    net = MSRASR(upscale=2, **TINY).eval()
-    x = torch.rand(1, 3, 24, 24)
+@pytest.mark.parametrize('device', DEVICES)
+def test_bf16_forward_close_to_fp32(device):
+    net = MSRASR(upscale=2, **TINY).eval().to(device)
+    x = torch.rand(1, 3, 24, 24, device=device)
     with torch.no_grad():
         ref = net(x)
+        with torch.autocast(device, dtype=torch.bfloat16):  # how Upscaler and BasicSR's AMP run it
+            autocast = net(x).float()
         out = net.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
-    assert out.shape == ref.shape
-    assert (out - ref).abs().mean().item() < 1e-2
-    assert (out - ref).abs().max().item() < 0.1
+    for got in (autocast, out):
+        assert got.shape == ref.shape
+        assert (got - ref).abs().mean().item() < 1e-2
+        assert (got - ref).abs().max().item() < 0.1
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_attention_runs_on_fused_kernels_only(device, dtype, monkeypatch):
+    """With SDPA's math fallback switched off, every attention call must find a fused kernel (else SDPA
+    raises): the fallback would silently build every N x N map. CPU: its one fused kernel, for inference
+    (training attends explicitly). CUDA: memory-efficient (or flash), for inference and training."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from msrasr_arch.archs import sdpa
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    monkeypatch.setattr(sdpa, '_CUDA_BACKENDS', fused)
+    for over in ({}, {'embed_dim': 20, 'num_heads': [4], 'csa_dim': 5}):
+        net = perturbed(MSRASR(upscale=2, **dict(TINY, **over))).to(device)
+        x = torch.rand(2, 3, 21, 18, device=device)
+        with sdpa_kernel(fused), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            with torch.no_grad():
+                assert torch.isfinite(net.eval()(x)).all()
+            if device == 'cuda':
+                net.train()(x).float().mean().backward()
+                assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 def test_same_seed_same_output():
@@ -270,17 +311,18 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
 
 
 @pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0}])
-def test_fused_training_path_matches_reference_gradients(over):
-    """Training (grad enabled, CPU) attends explicitly per window group; outputs and every gradient match the
-    materialised reference, shifted windows included (batch 2, 3x3 windows: all four mask groups)."""
+@pytest.mark.parametrize('device', DEVICES)
+def test_fused_training_path_matches_reference_gradients(over, device, exact_cuda):
+    """Training attends explicitly per window group on CPU, through SDPA on CUDA; outputs and every gradient
+    match the materialised reference, shifted windows included (batch 2, 3x3 windows: all four mask groups)."""
     cfg = dict(TINY, **over)
-    net = perturbed(MSRASR(upscale=2, **cfg), seed=5).train()
-    x = torch.rand(2, 3, 21, 18)
+    net = perturbed(MSRASR(upscale=2, **cfg), seed=5).train().to(device)
+    x = torch.rand(2, 3, 21, 18, device=device)
     grads = {}
     for impl in ('fused', 'reference'):
         net.zero_grad()
         out = net.set_attn_impl(impl)(x)
-        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        (out * torch.linspace(0, 1, out.numel(), device=device).view_as(out)).sum().backward()
         grads[impl] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
     (out_f, g_f), (out_r, g_r) = grads['fused'], grads['reference']
     assert (out_f - out_r).abs().max().item() < 1e-5
@@ -328,13 +370,14 @@ def test_grouped_window_layout_is_roll_plus_partition():
             assert (mask is None) == (j // nww < h // ws - 1 and j % nww < nww - 1)  # None only inside
 
 
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize('device', DEVICES)
+def test_torch_compile_matches_eager(device):
     """Under torch.compile the grouped window layout is built inside the graph (no cache): same output.
     The aot_eager backend runs the captured graph without generating C++, so no compiler is needed."""
-    net = perturbed(MSRASR(upscale=2, **TINY)).eval()
+    net = perturbed(MSRASR(upscale=2, **TINY)).eval().to(device)
     compiled = torch.compile(net, backend='aot_eager')
     # The second size makes torch.compile recompile with symbolic sizes, where the raster layout is used.
     for size in ((21, 18), (30, 40)):
-        x = torch.rand(2, 3, *size)
+        x = torch.rand(2, 3, *size, device=device)
         with torch.no_grad():
             assert (compiled(x) - net(x)).abs().max().item() < 1e-5

@@ -19,8 +19,9 @@ Two exact implementations:
 What makes ``fused`` fast on CPU (issue #6; measured with 64 windows x 6 heads x 256 tokens, 2 threads):
 
 * SDPA's fused CPU kernel is used only for 4-D inputs, a 4-D mask and equal q/v widths, and is fastest at
-  head widths that are multiples of 16 floats (:func:`fused_width`); q, k and v come out of the
-  projections already padded with zeros (zero weight rows), which changes no dot product.
+  head widths that are multiples of 16 floats; CUDA's memory-efficient kernel needs multiples of 8
+  (:func:`fused_width`). q, k and v come out of the projections already padded with zeros (zero weight
+  rows), which changes no dot product.
 * Shifted windows arrive in the grouped layout of :class:`~msrasr_arch.archs.window.ShiftMask`: one
   attention call per group of windows sharing a mask, on a contiguous slice, with no gathers.
 * In CPU training (the position bias needs a gradient, which the fused kernel does not give) attention is
@@ -54,15 +55,19 @@ class SharedLogits(NamedTuple):
 
 
 def fused_width(e: int, device: torch.device) -> int:
-    """Head width to feed SDPA's fused kernel for a true width ``e``.
+    """Head width to feed SDPA's fused kernels for a true width ``e``; zero columns change no dot product.
 
-    On CPU the fused kernel vectorises over the head dimension in 16-float steps: measured with 64 windows
-    x 6 heads x 256 tokens on 2 AVX-512 cores, e = 10 takes 37 ms, e = 16 21 ms, e = 30 36 ms, e = 32 31 ms.
-    Zero columns change no dot product, so q, k and v are padded to a multiple of 16 there. Elsewhere the
-    kernels pad internally.
+    * CPU: the fused kernel vectorises over the head dimension in 16-float steps: measured with 64 windows
+      x 6 heads x 256 tokens on 2 AVX-512 cores, e = 10 takes 37 ms, e = 16 21 ms, e = 30 36 ms, e = 32
+      31 ms. So a multiple of 16.
+    * CUDA: with a mask, only the memory-efficient kernel applies (flash takes no mask, cuDNN is left out,
+      see :mod:`.sdpa`), and it refuses head widths that are not a multiple of its GEMM alignment (8 for
+      bf16/fp16, 4 for fp32 on sm80 and newer); refused, SDPA falls back to the math path and builds every
+      N x N map. So a multiple of 8.
     """
     # Non-negative operands: traced into ONNX, integer division truncates, it does not floor.
-    return (e + 15) // 16 * 16 if device.type == 'cpu' else e
+    step = {'cpu': 16, 'cuda': 8}.get(device.type, 1)
+    return (e + step - 1) // step * step
 
 
 def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, width: int) -> torch.Tensor:
