@@ -6,7 +6,10 @@
     python benchmarks/speed.py --ffn                  # the FFN alone, before/after re-parameterisation
 
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train" is one
-forward + backward + Adam step on a batch of 4 LR patches of 64x64. The models are timed interleaved, one
+forward + backward + Adam step on a batch of 4 LR patches of 64x64. ``--dtype bf16``/``fp16`` run under
+autocast with fp32 weights, as ``msrasr upscale --precision`` and BasicSR's AMP do (SwinIR cannot run with
+bf16 weights: its shift mask stays fp32). ``--compile`` compiles each model once per input size
+(``dynamic=False``), as a deployment at a fixed size would. The models are timed interleaved, one
 run of each in turn (A B, then B A, ...), so that a slow spell of a shared machine lands on all of them;
 a ratio is the median over runs of MSRA-SR's time / SwinIR's time in the same round, so below 1 means
 MSRA-SR is faster / smaller. Peak memory: CUDA's allocator peak on GPU; on CPU the rise of the process's
@@ -39,9 +42,11 @@ SWINIR = {
 }
 
 
-def build(name, suite, deploy):
+def build(name, suite, deploy, size=None):
+    """``size``: SwinIR's ``img_size``. SwinIR builds the shift masks of that one input size in its constructor
+    and rebuilds them on the CPU, in every shifted layer of every forward, at any other size."""
     if name == 'swinir':
-        return SwinIR(**SWINIR[suite])
+        return SwinIR(**dict(SWINIR[suite], **({'img_size': size} if size else {})))
     opt = get_preset(f'{suite}_x2')
     opt.pop('type')
     net = MSRASR(**opt)
@@ -73,21 +78,25 @@ def interleaved_times(fns, runs, device, warmup=2):
     return times
 
 
-def prepare(model, args, device, dtype):
+def prepare(model, args, device, dtype, size=None):
     name, deploy = MODELS[model]
     torch.manual_seed(0)
-    net = build(name, args.suite, deploy).to(device)
+    net = build(name, args.suite, deploy, size if args.swinir_mask == 'fixed' else None).to(device)
     if args.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=False)
     return net
 
 
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def infer_fn(model, args, size, device, dtype):
-    net = prepare(model, args, device, dtype).eval().to(dtype)
-    x = torch.rand(1, 3, size, size, device=device, dtype=dtype)
+    net = prepare(model, args, device, dtype, size).eval()
+    x = torch.rand(1, 3, size, size, device=device)
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, dtype):
             net(x)
 
     return forward
@@ -100,7 +109,7 @@ def train_fn(model, args, device, dtype):
     y = torch.rand(4, 3, 128, 128, device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, dtype):
             loss = (net(x).float() - y).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,44 +121,44 @@ def train_fn(model, args, device, dtype):
 def peak_memory(model, args, mode, size, device, dtype):
     """Peak memory (MiB) of one forward (mode 'infer') or training step ('train')."""
     if device.type == 'cuda':
-        net = prepare(model, args, device, dtype)
+        net = prepare(model, args, device, dtype, size)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         if mode == 'infer':
-            net.eval().to(dtype)
-            with torch.no_grad():
-                net(torch.rand(1, 3, size, size, device=device, dtype=dtype))
+            with torch.no_grad(), autocast(device, dtype):
+                net.eval()(torch.rand(1, 3, size, size, device=device))
         else:
             net.train()
-            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            with autocast(device, dtype):
                 out = net(torch.rand(4, 3, 64, 64, device=device))
             out.float().mean().backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, __file__, '--_memory', json.dumps([model, mode, size, args.suite, args.dtype])]
+    cmd = [sys.executable, __file__, '--_memory',
+           json.dumps([model, mode, size, args.suite, args.dtype, args.swinir_mask == 'fixed'])]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
 def _memory_child(spec):
-    model, mode, size, suite, dtype_name = json.loads(spec)
+    model, mode, size, suite, dtype_name, fixed = json.loads(spec)
     dtype = DTYPES[dtype_name]
     name, deploy = MODELS[model]
     torch.manual_seed(0)
-    net = build(name, suite, deploy)
+    net = build(name, suite, deploy, size if fixed else None)
     x = torch.rand(1, 3, size, size) if mode == 'infer' else torch.rand(4, 3, 64, 64)
+    cpu = torch.device('cpu')
     if mode == 'infer':
-        net.eval().to(dtype)
-        x = x.to(dtype)
-        with torch.no_grad():  # warm-up: allocator pools and kernels, so the next peak is the forward's
-            net(x[..., :16, :16])
+        net.eval()
+        with torch.no_grad(), autocast(cpu, dtype):  # warm-up: allocator pools and kernels, so the next peak
+            net(x[..., :16, :16])                    # is the forward's
     base = _reset_peak_rss()
     if mode == 'infer':
-        with torch.no_grad():
+        with torch.no_grad(), autocast(cpu, dtype):
             net(x)
     else:
         net.train()
-        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(cpu, dtype):
             out = net(x)
         out.float().mean().backward()
     print((_status_kib('VmHWM') - base) / 1024)
@@ -214,6 +223,10 @@ def main():
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--compile', action='store_true', help='torch.compile every model')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    parser.add_argument('--swinir-mask', choices=['fixed', 'rebuilt'], default='fixed',
+                        help="fixed: SwinIR's img_size is the input size, so its shift masks are built once "
+                        "(its best case); rebuilt: img_size as in its option files (64 light, 48 classical), so "
+                        "every forward at another size rebuilds them on the CPU")
     parser.add_argument('--no-train', action='store_true')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--ffn', action='store_true', help='also time the FFN alone before/after reparam')
@@ -231,7 +244,7 @@ def main():
         pass
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu}, {args.threads} threads'
     print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
-          f'{", torch.compile" if args.compile else ""}')
+          f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}')
 
     print(f'{"model":<20} {"params":>8} ' + ' '.join(f'{"MACs@" + str(s):>10}' for s in args.sizes))
     for model in args.models:
