@@ -76,9 +76,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         lr_path = os.path.join(tmp, f'{args.photo}.png')
         write_image(lr_path, lr)
-        cmd = [sys.executable, '-m', 'msrasr_arch.cli.main', 'upscale', '-i', lr_path, '-o', tmp,
+        cmd = [sys.executable, '-m', 'msrasr_cli', 'upscale', '-i', lr_path, '-o', tmp,
                '--weights', weights, '--scale', str(args.scale), '--device', 'cpu', '--suffix', '_sr', '--quiet']
-        print('$', ' '.join(cmd[2:]).replace('msrasr_arch.cli.main', 'msrasr'))
+        print('$', ' '.join(cmd[2:]).replace('msrasr_cli', 'msrasr'))
         subprocess.run(cmd, check=True)
         sr = read_image(os.path.join(tmp, f'{args.photo}_sr.png'))
     h, w = hr.shape[:2]

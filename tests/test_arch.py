@@ -274,11 +274,11 @@ def test_import_order():
 
 
 def test_profile_command_prints_table():
-    out = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'profile', '-opt', 'light_x2'],
+    out = subprocess.run([sys.executable, '-m', 'msrasr_cli', 'profile', '-opt', 'light_x2'],
                          check=True, capture_output=True, text=True).stdout
     row = next(line for line in out.splitlines() if line.startswith('light_x2'))
     assert '768.2K' in row and '512x360 (512x368)' in row
-    bad = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'profile', '-opt', 'nope.yml'],
+    bad = subprocess.run([sys.executable, '-m', 'msrasr_cli', 'profile', '-opt', 'nope.yml'],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yml' in bad.stderr
 

@@ -6,7 +6,7 @@ import torch
 
 import msrasr_arch  # noqa: F401  (shim + registration before basicsr)
 from msrasr_arch.archs import MSRASR
-from msrasr_arch.cli.main import main
+from msrasr_cli.main import main
 from msrasr_arch.inference.network import build_network
 from msrasr_arch.utils.checkpoint import load_checkpoint
 

@@ -11,7 +11,7 @@ import msrasr_arch  # noqa: F401  (torchvision shim before basicsr)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.matlab_functions import imresize
 
-from msrasr_arch.cli.main import main as msrasr_main
+from msrasr_cli.main import main as msrasr_main
 from msrasr_arch.data.bicubic import mod_crop
 from msrasr_arch.data.builtin import TEST_PHOTOS, TRAIN_PHOTOS, build_builtin_dataset, load_photo
 from msrasr_arch.data.prepare import prepare_benchmark_set, prepare_train_set
@@ -167,7 +167,7 @@ def test_corrupt_image_names_the_file_and_leaves_nothing(hr_with_corrupt_image, 
 
 def test_cli_reports_one_line_and_exit_code_2(hr_with_corrupt_image, tmp_path):
     out = tmp_path / 'cli_out'
-    proc = subprocess.run([sys.executable, '-m', 'msrasr_arch.cli.main', 'prepare', '--hr', str(hr_with_corrupt_image),
+    proc = subprocess.run([sys.executable, '-m', 'msrasr_cli', 'prepare', '--hr', str(hr_with_corrupt_image),
                            '--out', str(out), '--scales', '2', '--crop-size', '48', '--step', '24'],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

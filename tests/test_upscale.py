@@ -165,7 +165,7 @@ def test_precision_and_device_checks(upscaler):
 # --- the command line, in subprocesses started together (each pays the torch import) -----------------
 
 def _cli(*args):
-    return subprocess.Popen([sys.executable, '-m', 'msrasr_arch.cli.main', 'upscale', *args, '--quiet'],
+    return subprocess.Popen([sys.executable, '-m', 'msrasr_cli', 'upscale', *args, '--quiet'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))
 

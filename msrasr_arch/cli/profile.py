@@ -8,14 +8,6 @@ from msrasr_arch.archs.profile import PAPER_HR, profile
 from msrasr_arch.utils.errors import UserError
 
 
-def add_arguments(parser):
-    parser.add_argument('-opt', dest='opt', nargs='*', metavar='FILE_OR_NAME',
-                        help=f'option file(s) with a network_g block, or built-in names ({", ".join(PRESETS)}); '
-                        'default: all built-in configurations')
-    parser.add_argument('--hr', default=f'{PAPER_HR[1]}x{PAPER_HR[0]}', metavar='WxH',
-                        help='HR size the Mult-Adds refer to (default: the paper\'s 1024x720)')
-
-
 def load_network_opt(spec: str) -> dict:
     """``network_g`` of an option file, a bare network block file, or a built-in configuration name."""
     if spec in PRESETS:
@@ -40,10 +32,11 @@ def _fmt_params(n):
 
 
 def run(args):
+    hr = args.hr or f'{PAPER_HR[1]}x{PAPER_HR[0]}'
     try:
-        w, h = (int(v) for v in args.hr.lower().split('x'))
+        w, h = (int(v) for v in hr.lower().split('x'))
     except ValueError:
-        raise UserError(f'--hr {args.hr!r}: expected WIDTHxHEIGHT, e.g. 1024x720') from None
+        raise UserError(f'--hr {hr!r}: expected WIDTHxHEIGHT, e.g. 1024x720') from None
     specs = args.opt or list(PRESETS)
     header = (f'{"config":<18} {"params(train)":>13} {"params":>9} {"paper":>7} {"Mult-Adds":>10} '
               f'{"paper":>7} {"executed":>9}  LR input (padded)')

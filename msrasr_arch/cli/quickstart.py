@@ -13,7 +13,6 @@ iterations, no EMA (over a few hundred steps it only lags). The iteration count 
 warm-up; a deadline on BasicSR's data prefetcher ends training when the budget runs out, whatever the plan
 said, and the pipeline then saves ``net_g_latest`` as usual.
 """
-import argparse
 import logging
 import os
 import time
@@ -28,24 +27,6 @@ LIGHT_X2 = dict(type='MSRASR', upscale=SCALE, in_chans=3, img_size=64, window_si
                 depths=[4, 4, 4, 4], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2.0,
                 upsampler='pixelshuffledirect', resi_connection='1conv', shared_attn='pair', attn_transform_kernel=3,
                 csa_dim=6, csa_scales=[1, 2, 4], ms_kernels=[1, 3, 5, 7], ca_reduction=16, deploy=False)
-
-
-def add_arguments(parser):
-    parser.add_argument('--out', default='msrasr_quickstart',
-                        help='working folder for data, checkpoints and results (default: ./msrasr_quickstart)')
-    parser.add_argument('--minutes', type=float, default=5.0,
-                        help='training time budget in minutes (default 5; data, set-up and testing add 1-2 more)')
-    parser.add_argument('--iters', type=int, default=None,
-                        help='train this many iterations (still stopped by --minutes)')
-    parser.add_argument('--from-scratch', action='store_true',
-                        help='start from random weights instead of the bicubic warm start (needs far more '
-                             'than a few CPU minutes to beat bicubic)')
-    # Tuning knobs, kept out of --help: the defaults are what the README's figures were measured with.
-    parser.add_argument('--batch', type=int, default=4, help=argparse.SUPPRESS)
-    parser.add_argument('--patch', type=int, default=16, help=argparse.SUPPRESS)  # LR patch: one 16x16 window
-    parser.add_argument('--lr', type=float, default=5e-4, help=argparse.SUPPRESS)
-    parser.add_argument('--ema', type=float, default=0.0, help=argparse.SUPPRESS)  # a few hundred steps: EMA only lags
-    parser.add_argument('--threads', type=int, default=None, help=argparse.SUPPRESS)
 
 
 # --- data ---------------------------------------------------------------------------------------------
