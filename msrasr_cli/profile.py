@@ -6,3 +6,6 @@ def add_arguments(parser):
                         'without -opt); default: all built-in configurations')
     parser.add_argument('--hr', default=None, metavar='WxH',
                         help='HR size the Mult-Adds refer to (default: the paper\'s 1024x720)')
+    parser.add_argument('--paper', action='store_true',
+                        help='every row of the paper\'s Tables 1, 3 and 4: its figures, ours (each built from the '
+                        'shipped option file that trains it) and SwinIR\'s under the same count, with the ratios')

@@ -1,4 +1,10 @@
-"""Architectures; importing this package registers `MSRASR` and `MSRAGANNet` in BasicSR's ARCH_REGISTRY."""
-from .msrasr_arch import MSRAGANNet, MSRASR  # noqa: F401
+"""The MSRA-SR networks, in plain torch (no BasicSR, OpenCV or SciPy is imported here).
 
-__all__ = ['MSRASR', 'MSRAGANNet']
+``msrasr_arch.registration`` puts them in BasicSR's ARCH_REGISTRY once BasicSR is imported; elsewhere
+(spandrel, ComfyUI, export) :data:`ARCHS` maps a ``network_g`` ``type`` to its class.
+"""
+from .msrasr_arch import MSRAGANNet, MSRASR
+
+ARCHS = {'MSRASR': MSRASR, 'MSRAGANNet': MSRAGANNet}
+
+__all__ = ['ARCHS', 'MSRASR', 'MSRAGANNet']

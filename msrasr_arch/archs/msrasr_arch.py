@@ -1,12 +1,12 @@
 """MSRA-SR: Image Super-resolution Transformer with Multi-scale Shared Representation Acquisition
 (Zhou et al., ICCV 2023), as BasicSR archs ``MSRASR`` and ``MSRAGANNet``.
 
-Layout (SwinIR's skeleton, paper section 3.1; decisions in ``shared/design/architecture.md``)::
+Layout (SwinIR's skeleton, paper section 3.1; decisions and their evidence in ``docs/architecture.md``)::
 
     x  = (lq - mean) * img_range
     f0 = conv_first(x)                                   # 3x3, in_chans -> C
     t  = patch_norm(f0)                                  # channels-last tokens
-    t  = MSTB_1 ... MSTB_G (t)                           # residual groups, each ending in a 3x3 conv
+    t  = MSTB_1 ... MSTB_G (t)                           # residual groups (resi_connection: an optional end conv)
     f  = conv_after_body(norm(t)) + f0
     sr = upsampler(f) / img_range + mean
 
@@ -22,19 +22,13 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from basicsr.archs.arch_util import trunc_normal_
-from basicsr.archs.swinir_arch import DropPath, Upsample, UpsampleOneStep
-from basicsr.utils.registry import ARCH_REGISTRY
-
 from .channel_attention import ChannelAttention
 from .cross_scale_attention import CrossScaleAttention
 from .ffn import FFN, MSDWConv
+from .network_options import RULES, check_arguments
 from .shared_attention import ATTN_IMPLS, SharedLogits, SharedWindowAttention
+from .swin_blocks import DropPath, Upsample, UpsampleOneStep, trunc_normal_
 from .window import ShiftMask, pad_to_multiple, shift_mask, window_partition, window_reverse
-
-UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv')
-RESI_CONNECTIONS = ('1conv', '3conv', 'none')
-SHARED_ATTN = ('pair', 'none')
 
 
 class MSTBLayer(nn.Module):
@@ -146,11 +140,11 @@ class MSTB(nn.Module):
         return x + y
 
 
-@ARCH_REGISTRY.register()
 class MSRASR(nn.Module):
     """MSRA-SR for lightweight and classical (bicubic) super-resolution.
 
-    Defaults are the paper's lightweight x2 model (769K parameters re-parameterised).
+    Defaults are the paper's lightweight x2 model (747K parameters re-parameterised; the paper: 769K;
+    ``docs/architecture.md`` gives the calibration).
 
     Args (SwinIR's names where they exist):
         upscale: scale factor (2, 3, 4; 8 with ``pixelshuffle``).
@@ -163,15 +157,17 @@ class MSRASR(nn.Module):
         num_heads: attention heads per MSTB.
         mlp_ratio: FFN hidden width / C.
         upsampler: ``pixelshuffledirect`` (light), ``pixelshuffle`` (classical) or ``nearest+conv`` (real-world).
-        resi_connection: ``1conv`` (3x3 conv ending each MSTB), ``3conv`` (SwinIR's bottleneck) or ``none``.
+        resi_connection: ``none`` (default), ``1conv`` (SwinIR's 3x3 conv ending each MSTB) or ``3conv``
+            (SwinIR's bottleneck).
         num_feat: channels of the ``pixelshuffle``/``nearest+conv`` reconstruction (SwinIR: 64).
         shared_attn: ``pair`` (layer i+2 inherits layer i's map) or ``none`` (every layer computes its own,
             i.e. Swin window attention).
         attn_transform_kernel: F, the depth-wise conv over inherited maps: 0 = identity, 1, 3 (paper), 5.
         csa_dim: width of the cross-scale attention (0 = none; 6 light, 96 classical).
-        csa_scales: CSA scale factors; each must divide ``window_size``.
+        csa_scales: CSA scale factors (default (2, 4); the paper's text (1, 2, 4)); each must divide
+            ``window_size``.
         ms_kernels: MS-DWC kernel sizes ((1, 3, 5, 7); (7,) = one depth-wise conv; () = none).
-        ca_reduction: channel-attention reduction (0 = no channel attention).
+        ca_reduction: channel-attention reduction: hidden width C // r (default 1; 0 = no channel attention).
         drop_path_rate: stochastic depth, linearly increasing over layers (0 in the paper's recipe).
         deploy: build the MS-DWC in re-parameterised form, so a deployed checkpoint loads.
 
@@ -182,28 +178,15 @@ class MSRASR(nn.Module):
     def __init__(self, *, upscale: int = 2, in_chans: int = 3, img_size: Optional[int] = None, window_size: int = 16,
                  img_range: float = 1.0, depths: Sequence[int] = (4, 4, 4, 4), embed_dim: int = 60,
                  num_heads: Sequence[int] = (6, 6, 6, 6), mlp_ratio: float = 2.0,
-                 upsampler: str = 'pixelshuffledirect', resi_connection: str = '1conv', num_feat: int = 64,
+                 upsampler: str = 'pixelshuffledirect', resi_connection: str = 'none', num_feat: int = 64,
                  shared_attn: str = 'pair', attn_transform_kernel: int = 3, csa_dim: int = 6,
-                 csa_scales: Sequence[int] = (1, 2, 4), ms_kernels: Sequence[int] = (1, 3, 5, 7),
-                 ca_reduction: int = 16, drop_path_rate: float = 0.0, deploy: bool = False):
+                 csa_scales: Sequence[int] = (2, 4), ms_kernels: Sequence[int] = (1, 3, 5, 7),
+                 ca_reduction: int = 1, drop_path_rate: float = 0.0, deploy: bool = False):
+        # The checks every source of options shares (types, ranges, parameter budget), before any allocation.
+        check_arguments({k: v for k, v in locals().items() if k in RULES}, source=type(self).__name__)
         super().__init__()
         del img_size  # accepted for SwinIR option files; the network adapts to any input size
         depths, num_heads = list(depths), list(num_heads)
-        if len(depths) != len(num_heads):
-            raise ValueError(f'depths {depths} and num_heads {num_heads} must have one entry per MSTB')
-        for name, value, allowed in (('upsampler', upsampler, UPSAMPLERS),
-                                     ('resi_connection', resi_connection, RESI_CONNECTIONS),
-                                     ('shared_attn', shared_attn, SHARED_ATTN)):
-            if value not in allowed:
-                raise ValueError(f'{name} must be one of {", ".join(allowed)}; got {value!r}')
-        if upsampler == 'pixelshuffledirect' and upscale not in (2, 3, 4):
-            raise ValueError(f'upscale {upscale} is not supported by pixelshuffledirect (2, 3, 4)')
-        if upsampler == 'pixelshuffle' and not (upscale == 3 or (upscale >= 2 and upscale & (upscale - 1) == 0)):
-            raise ValueError(f'upscale {upscale} is not supported by pixelshuffle (2^n or 3)')
-        if upsampler == 'nearest+conv' and upscale not in (2, 4):
-            raise ValueError(f'upscale {upscale} is not supported by nearest+conv (2, 4)')
-        if csa_dim and any(window_size % int(s) for s in csa_scales):
-            raise ValueError(f'every csa_scales entry {list(csa_scales)} must divide window_size {window_size}')
 
         self.upscale = upscale
         self.in_chans = in_chans
@@ -308,7 +291,6 @@ class MSRASR(nn.Module):
         return out[..., :h * self.upscale, :w * self.upscale]
 
 
-@ARCH_REGISTRY.register()
 class MSRAGANNet(MSRASR):
     """The real-world generator: the classical-size MSRA-SR body with SwinIR's real-world
     ``nearest+conv`` upsampler, x4 by default. Its state dict has the same keys as an :class:`MSRASR`
@@ -317,10 +299,10 @@ class MSRAGANNet(MSRASR):
     def __init__(self, *, upscale: int = 4, in_chans: int = 3, img_size: Optional[int] = None, window_size: int = 16,
                  img_range: float = 1.0, depths: Sequence[int] = (4, 4, 4, 4, 4, 4), embed_dim: int = 192,
                  num_heads: Sequence[int] = (6, 6, 6, 6, 6, 6), mlp_ratio: float = 2.0,
-                 upsampler: str = 'nearest+conv', resi_connection: str = '1conv', num_feat: int = 64,
+                 upsampler: str = 'nearest+conv', resi_connection: str = 'none', num_feat: int = 64,
                  shared_attn: str = 'pair', attn_transform_kernel: int = 3, csa_dim: int = 96,
-                 csa_scales: Sequence[int] = (1, 2, 4), ms_kernels: Sequence[int] = (1, 3, 5, 7),
-                 ca_reduction: int = 16, drop_path_rate: float = 0.0, deploy: bool = False):
+                 csa_scales: Sequence[int] = (2, 4), ms_kernels: Sequence[int] = (1, 3, 5, 7),
+                 ca_reduction: int = 1, drop_path_rate: float = 0.0, deploy: bool = False):
         super().__init__(upscale=upscale, in_chans=in_chans, img_size=img_size, window_size=window_size,
                          img_range=img_range, depths=depths, embed_dim=embed_dim, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, upsampler=upsampler, resi_connection=resi_connection, num_feat=num_feat,

@@ -5,7 +5,7 @@ from typing import Dict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from basicsr.utils.registry import ARCH_REGISTRY
+from msrasr_arch.archs import ARCHS
 
 PAPER_HR = (720, 1024)  # (H, W) of the HR image the paper's Mult-Adds refer to
 
@@ -13,7 +13,13 @@ PAPER_HR = (720, 1024)  # (H, W) of the HR image the paper's Mult-Adds refer to
 def build_on_meta(network_opt: dict) -> torch.nn.Module:
     """Build a ``network_g`` block on the meta device (no memory, no weights)."""
     opt = dict(network_opt)
-    arch = ARCH_REGISTRY.get(opt.pop('type'))
+    name = opt.pop('type')
+    if name in ARCHS:
+        arch = ARCHS[name]
+    else:  # another BasicSR arch (SwinIR...) to compare with
+        import msrasr_arch._compat  # noqa: F401  (the torchvision shim precedes basicsr)
+        from basicsr.utils.registry import ARCH_REGISTRY
+        arch = ARCH_REGISTRY.get(name)
     with torch.device('meta'):
         return arch(**opt)
 

@@ -16,7 +16,7 @@ Two exact implementations:
   built: every layer is one ``scaled_dot_product_attention`` call. A chain (depth > 4) nests the
   construction again, which stays exact at the window borders where composing kernels would not.
 
-What makes ``fused`` fast on CPU (issue #6; measured with 64 windows x 6 heads x 256 tokens, 2 threads):
+What makes ``fused`` fast on CPU (measured with 64 windows x 6 heads x 256 tokens, 2 threads):
 
 * SDPA's fused CPU kernel is used only for 4-D inputs, a 4-D mask and equal q/v widths, and is fastest at
   head widths that are multiples of 16 floats; CUDA's memory-efficient kernel needs multiples of 8
@@ -33,10 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from basicsr.archs.arch_util import trunc_normal_
-
 from .chunked_attention import chunked_attention
 from .sdpa import sdpa
+from .swin_blocks import trunc_normal_
 from .window import ShiftMask, exporting, relative_position_index
 
 ATTN_IMPLS = ('fused', 'reference')

@@ -1,7 +1,7 @@
 """Window bookkeeping shared by the attention modules: padding, relative positions, the shift mask.
 
 Tensors in the network body are channels-last images ``(B, H, W, C)``; windows are ``(B * nW, N, C)``
-with ``N = window_size ** 2`` tokens in raster order, as in SwinIR (whose partition helpers we reuse).
+with ``N = window_size ** 2`` tokens in raster order, SwinIR's layout.
 """
 import functools
 from typing import NamedTuple, Optional
@@ -9,9 +9,24 @@ from typing import NamedTuple, Optional
 import torch
 from torch.nn import functional as F
 
-from basicsr.archs.swinir_arch import window_partition, window_reverse
-
 __all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'ShiftMask', 'shift_mask']
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, ws, ws, C): the windows image by image, each image's in raster order."""
+    b, h, w, c = x.shape
+    ws = window_size
+    x = x.view(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, c)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> torch.Tensor:
+    """(B * nW, ws, ws, C) -> (B, H, W, C), the inverse of :func:`window_partition`.
+
+    The batch is left to ``view`` (-1) rather than computed, so a traced graph keeps it free."""
+    ws, c = window_size, windows.shape[-1]
+    x = windows.view(-1, h // ws, w // ws, ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, h, w, c)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -75,7 +90,10 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
 
 
 @functools.lru_cache(maxsize=16)
-def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype):
+def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype,
+             inference: bool):
+    # `inference` only keys the cache: tensors made under torch.inference_mode (spandrel and ComfyUI run
+    # models in it) cannot enter a later forward that autograd records.
     # The four masks, from a 2 x 2-window image: interior, last column, last row, corner.
     masks = _mask(2 * window_size, 2 * window_size, window_size, shift, device, dtype)
     nwh, nww = h // window_size, w // window_size
@@ -114,12 +132,13 @@ def static_sizes(*sizes) -> bool:
 def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype, grouped: bool = True) -> ShiftMask:
     """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
 
-    The grouped layout is cached per size, device and dtype (built anew while compiling): every shifted
-    layer of a forward, and every forward at the same size, reuses the same tensors; callers must not
-    modify them. The raster layout (``grouped=False``, and always while tracing or exporting, or when
+    The grouped layout is cached per size, device, dtype and inference mode (built anew while compiling):
+    every shifted layer of a forward, and every forward at the same size, reuses the same tensors; callers
+    must not modify them. The raster layout (``grouped=False``, and always while tracing or exporting, or when
     ``torch.compile`` passes symbolic sizes) is built anew.
     """
     if grouped and not exporting() and static_sizes(b, h, w):
-        layout = _grouped.__wrapped__ if torch.compiler.is_compiling() else _grouped
-        return layout(b, h, w, window_size, shift, torch.device(device), dtype)
+        if torch.compiler.is_compiling():
+            return _grouped.__wrapped__(b, h, w, window_size, shift, torch.device(device), dtype, False)
+        return _grouped(b, h, w, window_size, shift, torch.device(device), dtype, torch.is_inference_mode_enabled())
     return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)

@@ -32,6 +32,12 @@ def _fmt_params(n):
 
 
 def run(args):
+    if getattr(args, 'paper', False):
+        if args.opt or args.hr:
+            raise UserError('--paper takes neither -opt nor --hr: its rows are the shipped option files at 1024x720')
+        from msrasr_arch.calibration import format_table, paper_table
+        print(format_table(paper_table()))
+        return 0
     hr = args.hr or f'{PAPER_HR[1]}x{PAPER_HR[0]}'
     try:
         w, h = (int(v) for v in hr.lower().split('x'))
