@@ -4,11 +4,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from msrasr_arch.inference.arch_from_weights import infer_network_options
+from msrasr_arch.archs.from_weights import infer_network_options
+from msrasr_arch.archs.network_options import ARCH_TYPES, MAX_PARAMS, check_network_options
 from msrasr_arch.utils.checkpoint import LoadedCheckpoint, load_checkpoint, load_into
 from msrasr_arch.utils.errors import UserError
-
-ARCH_TYPES = ('MSRASR', 'MSRAGANNet')
 
 
 def read_network_options(opt_path: str) -> Dict:
@@ -27,12 +26,14 @@ def read_network_options(opt_path: str) -> Dict:
     return dict(block)
 
 
-def network_from_options(options: Dict, source: str = 'network_g') -> torch.nn.Module:
-    import msrasr_arch  # noqa: F401  registers the archs (and applies the torchvision shim first)
-    from basicsr.utils.registry import ARCH_REGISTRY
+def network_from_options(options: Dict, source: str = 'network_g', max_params: int = MAX_PARAMS) -> torch.nn.Module:
+    """Build the network `options` describe, after :func:`check_network_options` (one-line errors naming
+    `source` and the key, and a parameter budget checked before anything is allocated)."""
+    from msrasr_arch.archs import ARCHS
+    check_network_options(options, source=source, max_params=max_params)
     kwargs = {k: v for k, v in options.items() if k != 'type'}
     try:
-        return ARCH_REGISTRY.get(options['type'])(**kwargs)
+        return ARCHS[options['type']](**kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f'{source}: cannot build {options["type"]}: {err}') from None
 
@@ -65,9 +66,13 @@ def build_network(weights: str, opt_path: Optional[str] = None, scale: Optional[
                                 f'{opt_scale}')
             options['deploy'] = inferred['deploy']
     else:
-        options, source = ckpt.network_options() or inferred, weights
+        header = ckpt.network_options()
+        options, source = (inferred if header is None else header), weights
 
-    net = network_from_options(options, source=source)
+    # Options read from the weights file (its header or its shapes) may not ask for more parameters than
+    # the file has bytes: every stored parameter takes at least one.
+    budget = MAX_PARAMS if opt_path is not None else min(MAX_PARAMS, os.path.getsize(weights))
+    net = network_from_options(options, source=source, max_params=budget)
     if scale is not None and int(scale) != net.upscale:
         raise UserError(f'{weights} is a x{net.upscale} model, but x{scale} was asked (--scale)')
     hint = ''
