@@ -1,6 +1,8 @@
 """Arguments of `msrasr upscale`."""
 DEFAULT_TILE = 384
 DEFAULT_OVERLAP = 32
+# Same value as msrasr_arch.inference.image_io.DEFAULT_MAX_PIXELS (this package imports no msrasr_arch).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def add_arguments(parser):
@@ -32,4 +34,7 @@ def add_arguments(parser):
     parser.add_argument('--ext', default=None,
                         help='output format by extension, e.g. png (default: the input\'s)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
+    parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS, metavar='N',
+                        help=f'refuse inputs with more pixels than this, read from the file header before decoding '
+                             f'(a guard against decompression bombs; default {DEFAULT_MAX_PIXELS:_}, 0 = no limit)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')

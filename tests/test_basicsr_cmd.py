@@ -18,7 +18,7 @@ def test_help_and_unknown_command(capsys):
 def test_one_line_errors(capsys, tmp_path):
     assert basicsr_cmd.main(['train', '-opt', str(tmp_path / 'missing.yml')]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count('\n') == 0 and 'missing.yml: no such file' in err
+    assert err.count('\n') == 0 and 'missing.yml: no such option file' in err
     assert basicsr_cmd.main(['train', '-opt', TRAIN, '--force_yml', 'netwrk_g:embed_dim=12']) == 2
     assert 'has no key netwrk_g' in capsys.readouterr().err
     assert basicsr_cmd.main(['train', '-opt', TRAIN, '--force_yml', 'name']) == 2

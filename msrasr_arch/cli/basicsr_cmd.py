@@ -4,14 +4,16 @@
                   [--force_yml key:sub=value ...]
     basicsr test  -opt OPTIONS.yml [--force_yml ...]
 
-It imports this plugin and every package that declares an entry point in the ``basicsr.plugins`` group
-(so their archs/models/datasets are registered), applies ``msrasr_arch.utils.basicsr_fixes`` (CPU
-resume, gloo DDP) and then runs BasicSR's own ``train_pipeline`` / ``test_pipeline`` with the current
-directory as root: outputs go to ``./experiments``, ``./tb_logger`` and ``./results`` as with
-``python basicsr/train.py``. Every flag after the subcommand is passed to BasicSR's ``parse_options``
-unchanged; the only rewrite is ``--local-rank=N`` (what ``python -m torch.distributed.launch`` passes on
-current torch) to BasicSR's ``--local_rank``.
+`-opt` takes a path or the name of an option file shipped with this package (`msrasr options list`).
+The command imports this plugin and every package that declares an entry point in the ``basicsr.plugins``
+group (so their archs/models/datasets are registered), applies ``msrasr_arch.utils.basicsr_fixes`` (option
+files read as plain data and checked before any folder is made, states read as data, CPU resume, gloo
+DDP) and then runs BasicSR's own ``train_pipeline`` / ``test_pipeline`` with the current directory as
+root: outputs go to ``./experiments``, ``./tb_logger`` and ``./results`` as with ``python basicsr/train.py``.
+The flags are BasicSR's, spelled in full (no abbreviations); ``--local-rank=N`` (what ``python -m
+torch.distributed.launch`` passes on current torch) is rewritten to BasicSR's ``--local_rank``.
 """
+import contextlib
 import os
 import sys
 import warnings
@@ -19,7 +21,7 @@ import warnings
 PLUGIN_GROUP = 'basicsr.plugins'
 PIPELINES = {'train': 'train_pipeline', 'test': 'test_pipeline'}
 
-USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--launcher {none,pytorch,slurm}] [--auto_resume]
+USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml|NAME [--launcher {none,pytorch,slurm}] [--auto_resume]
                        [--debug] [--force_yml key:sub=value ...]
 
 Run BasicSR's training or testing pipeline with this directory as root, after loading every installed
@@ -27,6 +29,8 @@ BasicSR plugin (entry-point group 'basicsr.plugins').
 
   train   basicsr.train.train_pipeline (outputs in ./experiments/<name>, ./tb_logger/<name>)
   test    basicsr.test.test_pipeline   (outputs in ./results/<name>)
+
+-opt takes a path or the name of a shipped option file (see `msrasr options list`).
 
 Multi-process: torchrun --nproc_per_node N $(which basicsr) train -opt X.yml --launcher pytorch
 (on machines without a GPU the processes talk over gloo)."""
@@ -59,73 +63,60 @@ def _rewrite_flags(flags):
     return out
 
 
-def _option_file(flags):
-    for i, flag in enumerate(flags):
-        if flag == '-opt' and i + 1 < len(flags):
-            return flags[i + 1]
-        if flag.startswith('-opt='):
-            return flag[len('-opt='):]
-    return None
+# Folders BasicSR's pipelines write into, under the root.
+OUTPUT_FOLDERS = ('experiments', 'tb_logger', 'results')
 
 
-def _check_inputs(flags):
-    """One-line errors for the mistakes BasicSR answers with a traceback."""
-    from msrasr_arch.utils.errors import UserError
+def _listing(root):
+    return {top: set(os.listdir(os.path.join(root, top))) if os.path.isdir(os.path.join(root, top)) else None
+            for top in OUTPUT_FOLDERS}
 
-    opt_path = _option_file(flags)
-    if opt_path is None:
-        return  # let BasicSR's argparse print its own usage message
-    if not os.path.isfile(opt_path):
-        raise UserError(f'-opt {opt_path}: no such file')
-    import yaml
 
-    try:
-        with open(opt_path, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise UserError(f'{opt_path}: not valid YAML ({str(err).splitlines()[0]})') from None
-    if not isinstance(opt, dict):
-        raise UserError(f'{opt_path}: expected a mapping of options at the top level')
-    forced = []
-    if '--force_yml' in flags:
-        for flag in flags[flags.index('--force_yml') + 1:]:
-            if flag.startswith('-'):
-                break
-            forced.append(flag)
-    for entry in forced:
-        if entry.count('=') != 1:
-            raise UserError(f'--force_yml {entry}: expected key:sub=value with exactly one "="')
-        keys = entry.split('=')[0].strip().split(':')
-        node = opt
-        for depth, key in enumerate(keys[:-1]):
-            if not isinstance(node, dict) or key not in node:
-                raise UserError(f'--force_yml {entry}: {opt_path} has no key {":".join(keys[:depth + 1])}')
-            node = node[key]
-        if not isinstance(node, dict):
-            raise UserError(f'--force_yml {entry}: {":".join(keys[:-1])} in {opt_path} is not a mapping')
+def _remove_new_empty_folders(root, before):
+    """After a failed run: remove the folders it created that hold no file (never a file)."""
+    for top, names in before.items():
+        top_path = os.path.join(root, top)
+        if not os.path.isdir(top_path):
+            continue
+        for name in os.listdir(top_path):
+            if names is None or name not in names:
+                for folder, _, _ in os.walk(os.path.join(top_path, name), topdown=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
+        if names is None:
+            with contextlib.suppress(OSError):
+                os.rmdir(top_path)
 
 
 def run_pipeline(command, flags, root=None):
-    """Load the plugins, apply the CPU fixes and run BasicSR's ``train``/``test`` pipeline with ``flags``
+    """Load the plugins, apply the fixes and run BasicSR's ``train``/``test`` pipeline with ``flags``
     (BasicSR's own command-line flags) and ``root`` (default: the current directory). Raises UserError."""
     import importlib
 
+    from msrasr_arch.utils import train_options
     from msrasr_arch.utils.errors import UserError
 
     if command not in PIPELINES:
         raise UserError(f'unknown command {command!r} (choose train or test)')
     flags = _rewrite_flags(flags)
-    _check_inputs(flags)
+    # The flags and the file are read (safely) before the plugins load, so their mistakes answer at once;
+    # the pipeline's own parse_options (see basicsr_fixes) reads them again and checks the rest.
+    train_options.load(flags, prog=f'basicsr {command}')
     load_plugins()
     from msrasr_arch.utils import basicsr_fixes
 
     basicsr_fixes.apply()
     pipeline = getattr(importlib.import_module(f'basicsr.{command}'), PIPELINES[command])
+    root = os.path.abspath(root or os.getcwd())
+    before = _listing(root)
     # BasicSR's parse_options reads sys.argv itself; it also records it in the copied option file.
     saved_argv = sys.argv
     sys.argv = [f'basicsr {command}'] + list(flags)
     try:
-        pipeline(os.path.abspath(root or os.getcwd()))
+        pipeline(root)
+    except BaseException:
+        _remove_new_empty_folders(root, before)
+        raise
     finally:
         sys.argv = saved_argv
 

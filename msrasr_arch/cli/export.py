@@ -37,8 +37,10 @@ def run(args) -> int:
     from msrasr_arch.inference.onnx_export import check_model, compare_onnx, export_onnx, model_size_mb
     from msrasr_arch.utils.checkpoint import save_checkpoint
 
-    folder = prepare_output_folder(args.output)
     name = args.name or os.path.splitext(os.path.basename(args.weights))[0]
+    if name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
+        raise UserError(f'--name must be a plain file name, written inside -o; got {name!r}')
+    folder = prepare_output_folder(args.output)
     targets = [os.path.join(folder, f'{name}_deploy.safetensors')]
     if not args.no_onnx:
         targets.append(os.path.join(folder, f'{name}.onnx'))

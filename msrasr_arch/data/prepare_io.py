@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 
+from msrasr_arch.inference.image_io import decode
 from msrasr_arch.utils.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
@@ -82,7 +83,7 @@ def read_image(path):
     if data.size == 0:
         raise UserError(f'cannot read image {path}: the file is empty')
     with _quiet_opencv():
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        img = decode(data, cv2.IMREAD_COLOR)
     if img is None:
         raise UserError(f'cannot read image {path}: corrupt or not a supported image format')
     return img

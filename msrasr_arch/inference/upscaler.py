@@ -4,8 +4,9 @@
 >>> up = Upscaler.from_checkpoint('net_g_latest.pth', device='cuda', precision='fp16', tile=256)
 >>> write_image('photo_x2.png', up.upscale(read_image('photo.png')))
 
-The image and its output stay in host memory; only one tile at a time (with its activations) goes to the
-device, so peak device memory is set by ``tile``, not by the image.
+The image and its output stay in host memory, in their own dtype (uint8 or uint16); only one tile at a time
+(with its activations) goes to the device and becomes float, and the output is blended one band of tile rows
+at a time, so peak device memory is set by ``tile`` and peak host memory by the two images plus one band.
 """
 import math
 from contextlib import nullcontext
@@ -20,7 +21,7 @@ from msrasr_arch.inference.device import resolve_device, resolve_precision
 from msrasr_arch.inference.image_io import image_mode
 from msrasr_arch.utils.errors import UserError
 from msrasr_arch.utils.tiling import self_ensemble as _self_ensemble
-from msrasr_arch.utils.tiling import tile_forward
+from msrasr_arch.utils.tiling import tile_bands, tile_forward
 
 ALPHA_METHODS = ('bicubic', 'model')
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -106,8 +107,11 @@ class Upscaler:
             y = self.net(x)
         y = y.float()
         if not torch.isfinite(y).all():
-            raise UserError(f'the network produced NaN/inf values in {self.precision}; use --precision fp32 '
-                            '(or bf16)')
+            if self.precision == 'fp32':
+                raise UserError('the network produced NaN/inf values in fp32: the weights are broken (a diverged '
+                                'or damaged checkpoint?)')
+            other = 'fp32 (or bf16)' if self.precision == 'fp16' else 'fp32'
+            raise UserError(f'the network produced NaN/inf values in {self.precision}; use --precision {other}')
         return y
 
     @torch.inference_mode()
@@ -129,10 +133,39 @@ class Upscaler:
                          device=self.device)
         return y[..., :h * self.scale, :w * self.scale].clamp_(0, 1)
 
-    def _planes(self, rgb: np.ndarray, on_tile) -> np.ndarray:
-        """float32 (H, W, 3) -> (sH, sW, 3)."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-        return self.upscale_tensor(x, on_tile=on_tile)[0].permute(1, 2, 0).numpy()
+    def _bands(self, plane: np.ndarray, peak: Optional[float], on_tile):
+        """Upscale `plane`, ``(H, W, 1 or 3)`` integer or float samples (1 = grey, run as equal RGB), band
+        by band: yields ``(top, rows)``, float32 ``(n, sW, 3)`` in [0, 1] for output rows top..top+n.
+        Only the current tile is ever float; padding to the window grid is done per tile by index, as
+        :func:`pad_to_multiple` would pad the whole image."""
+        h, w = plane.shape[:2]
+        if self.tile is None or (h <= self.tile and w <= self.tile):
+            tile, overlap, rows, cols = max(h, w), 0, np.arange(h), np.arange(w)
+        else:
+            tile, overlap = self.tile, self.tile_overlap
+            ph, pw = (-h) % self.align, (-w) % self.align
+            reflect = ph < h and pw < w
+            rows, cols = _padded_index(h, ph, reflect), _padded_index(w, pw, reflect)
+
+        def crop(y, x, th, tw):
+            t = plane[np.ix_(rows[y:y + th], cols[x:x + tw])].astype(np.float32) / (peak or 1.0)
+            if t.shape[2] == 1:
+                t = np.repeat(t, 3, axis=2)
+            return torch.from_numpy(np.ascontiguousarray(t.transpose(2, 0, 1)))[None].to(self.device)
+
+        def run(t):
+            y = _self_ensemble(self._forward, t) if self.self_ensemble else self._forward(t)
+            if on_tile is not None:
+                on_tile()
+            return y
+
+        s = self.scale
+        # (tile_bands runs each step under no_grad; a context held open across these yields would leak
+        # into the caller's code)
+        for top, block in tile_bands(run, crop, len(rows), len(cols), s, tile, overlap):
+            n = min(block.shape[-2], h * s - top)
+            if n > 0:  # bands wholly in the bottom padding are dropped
+                yield top, block[0, :, :n, :w * s].clamp_(0, 1).permute(1, 2, 0).numpy()
 
     def calls_for(self, image: np.ndarray) -> int:
         """Tiles :meth:`upscale` will run for `image` (for a progress bar's total)."""
@@ -146,6 +179,9 @@ class Upscaler:
         `image`: ``(H, W)`` grey, or ``(H, W, C)`` with C = 2 (grey+alpha), 3 (RGB) or 4 (RGBA); uint8,
         uint16, or float in [0, 1]. Grey is run as RGB with equal channels and averaged back; alpha is
         upscaled separately (see ``alpha``). Returns ``(sH, sW[, C])``.
+
+        The output is filled band by band in the image's own dtype: besides the input and the output,
+        memory holds one band of float rows (``tile * scale`` high), never a float copy of the image.
         """
         mode = image_mode(image)
         if self.in_chans != 3:
@@ -153,24 +189,57 @@ class Upscaler:
         peak = _MAX.get(image.dtype)
         if peak is None and not np.issubdtype(image.dtype, np.floating):
             raise UserError(f'unsupported image dtype {image.dtype} (uint8, uint16 or float in [0, 1])')
-        data = image.astype(np.float32) / (peak or 1.0)
-        if data.ndim == 2:
-            data = data[:, :, None]
-        colour, alpha = (data[..., :-1], data[..., -1]) if mode in ('LA', 'RGBA') else (data, None)
+        h, w = image.shape[:2]
+        s = self.scale
+        src = image if image.ndim == 3 else image[:, :, None]
+        out = np.empty((h * s, w * s) + image.shape[2:], dtype=image.dtype)
+        dst = out if out.ndim == 3 else out[:, :, None]
+        has_alpha = mode in ('LA', 'RGBA')
+        colour = src[..., :-1] if has_alpha else src
         grey = colour.shape[2] == 1
-        out = self._planes(np.repeat(colour, 3, axis=2) if grey else colour, on_tile)
-        if grey:
-            out = out.mean(axis=2, keepdims=True)
-        if alpha is not None:
-            out = np.concatenate([out, self._alpha(alpha, on_tile)[:, :, None]], axis=2)
-        if out.shape[2] == 1:
-            out = out[:, :, 0]
-        if peak is None:
-            return out.astype(image.dtype, copy=False)
-        return np.clip(np.rint(out * peak), 0, peak).astype(image.dtype)
+        for top, block in self._bands(colour, peak, on_tile):
+            if grey:
+                block = block.mean(axis=2, keepdims=True)
+            dst[top:top + len(block), :, :colour.shape[2]] = _quantise(block, peak)
+        if has_alpha:
+            for top, block in self._alpha(src[..., -1:], peak, on_tile):
+                dst[top:top + len(block), :, -1] = _quantise(block, peak)
+        return out
 
-    def _alpha(self, alpha: np.ndarray, on_tile) -> np.ndarray:
-        h, w = alpha.shape
+    def _alpha(self, alpha: np.ndarray, peak: Optional[float], on_tile, band: int = 256):
+        """Yields ``(top, rows)`` of the upscaled alpha plane ``(H, W, 1)``, float in [0, 1]."""
         if self.alpha == 'model':
-            return self._planes(np.repeat(alpha[:, :, None], 3, axis=2), on_tile).mean(axis=2)
-        return np.clip(cv2.resize(alpha, (w * self.scale, h * self.scale), interpolation=cv2.INTER_CUBIC), 0, 1)
+            for top, block in self._bands(alpha, peak, on_tile):
+                yield top, block.mean(axis=2)
+            return
+        # Bicubic, in bands of input rows with a margin wider than the kernel (2 rows each side), so
+        # every kept output row is computed from the same input rows, with the same weights, as one
+        # whole-image resize would use.
+        h, w = alpha.shape[:2]
+        s, margin = self.scale, 4
+        for y in range(0, h, band):
+            a, b = max(0, y - margin), min(h, y + band + margin)
+            slab = alpha[a:b, :, 0].astype(np.float32) / (peak or 1.0)
+            up = cv2.resize(slab, (w * s, (b - a) * s), interpolation=cv2.INTER_CUBIC)
+            n = min(band, h - y) * s
+            yield y * s, np.clip(up[(y - a) * s:(y - a) * s + n], 0, 1)
+
+
+def _padded_index(length: int, pad: int, reflect: bool) -> np.ndarray:
+    """Source index of every row (or column) of the image padded by `pad` at the far end, the way
+    :func:`pad_to_multiple` pads: reflection without repeating the edge, or replication of it."""
+    index = np.arange(length + pad)
+    if pad:
+        tail = index[length:]
+        index[length:] = 2 * (length - 1) - tail if reflect else length - 1
+    return index
+
+
+def _quantise(block: np.ndarray, peak: Optional[float]) -> np.ndarray:
+    """Float samples in [0, 1] -> values for the image's dtype (rounded for integer images), in place:
+    `block` is a band buffer of the tiler, and whole-band temporaries would double its memory."""
+    if peak is not None:
+        np.multiply(block, peak, out=block)
+        np.rint(block, out=block)
+        np.clip(block, 0, peak, out=block)
+    return block

@@ -7,7 +7,7 @@ Option keys it reads on top of ``SRModel``'s (all under ``val``):
 """
 import os
 import shutil
-import tempfile
+from collections import OrderedDict
 from copy import deepcopy
 
 import torch
@@ -17,7 +17,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
 from msrasr_arch.archs.window import pad_to_multiple
-from msrasr_arch.utils.checkpoint import load_checkpoint, load_into
+from msrasr_arch.utils.atomic import remove_partial_files
+from msrasr_arch.utils.checkpoint import load_checkpoint, load_into, save_verified
 from msrasr_arch.utils.errors import UserError
 from msrasr_arch.utils.tiling import self_ensemble, tile_forward
 
@@ -164,20 +165,54 @@ class MSRASRModel(SRModel):
             net.load_state_dict(state, strict=False)
 
     # --- checkpoints --------------------------------------------------------------------------------
+    def __init__(self, opt):
+        super().__init__(opt)
+        if self.is_train and self.opt.get('rank', 0) == 0:
+            self._remove_save_leftovers()
+
+    def _remove_save_leftovers(self):
+        """Delete what saves killed mid-write left in this run's folders: temporary files, and the
+        ``.saving-*`` staging folders earlier versions of this class wrote through."""
+        for key in ('models', 'training_states'):
+            folder = self.opt['path'].get(key)
+            if not folder or not os.path.isdir(folder):
+                continue
+            remove_partial_files(folder)
+            for name in os.listdir(folder):
+                if name.startswith('.saving-') and os.path.isdir(os.path.join(folder, name)):
+                    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
     def save(self, epoch, current_iter):
-        """BasicSR's save, but a crash mid-write never leaves a truncated ``.pth`` / ``.state``: files are
-        written into a temporary folder beside their destination and renamed into place."""
-        if self.opt.get('rank', 0) != 0:
-            return super().save(epoch, current_iter)  # master_only: nothing is written on other ranks
-        paths = self.opt['path']
-        final = {key: paths[key] for key in ('models', 'training_states')}
-        staging = {key: tempfile.mkdtemp(prefix='.saving-', dir=final[key]) for key in final}
+        """BasicSR's save (networks first, then the training state that points at them), where every file
+        is published only once it is completely written and reads back; a failed write stops training
+        instead of being logged and ignored, so the newest files on disk always form a resumable
+        checkpoint."""
         try:
-            paths.update(staging)
             super().save(epoch, current_iter)
-        finally:
-            paths.update(final)
-        for key in final:
-            for name in os.listdir(staging[key]):
-                os.replace(os.path.join(staging[key], name), os.path.join(final[key], name))
-            shutil.rmtree(staging[key], ignore_errors=True)
+        except UserError as err:
+            where = 'the end of training' if current_iter == -1 else f'iteration {current_iter}'
+            raise UserError(f'{err}; training stopped at {where}: the newest complete checkpoint is still in '
+                            'place, so fix the cause and rerun with --auto_resume') from None
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        if self.opt.get('rank', 0) != 0:
+            return  # BasicSR writes on rank 0 only
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError(f'save_network: {len(nets)} networks but {len(keys)} param keys')
+        save_dict = {}
+        for one, key in zip(nets, keys):
+            state = self.get_bare_model(one).state_dict()
+            save_dict[key] = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v.detach().cpu())
+                                         for k, v in state.items())
+        label = 'latest' if current_iter == -1 else current_iter
+        save_verified(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1 or self.opt.get('rank', 0) != 0:
+            return  # as BasicSR: no state for the final 'latest' networks, rank 0 only
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        save_verified(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))

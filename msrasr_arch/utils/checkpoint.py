@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
@@ -42,7 +43,12 @@ class LoadedCheckpoint:
     def network_options(self) -> Optional[dict]:
         """The ``network_g`` options recorded by ``msrasr export``, if this file has them."""
         text = self.metadata.get(NETWORK_METADATA_KEY)
-        return json.loads(text) if text else None
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as err:  # the content is checked by check_network_options
+            raise UserError(f'{self.path}: header entry {NETWORK_METADATA_KEY} is not valid JSON ({err})') from None
 
 
 def _read_safetensors(path: str):
@@ -62,7 +68,22 @@ def _read_safetensors(path: str):
     return tensors, metadata
 
 
-def _read_pickle(path: str):
+def _check_zip(path: str, what: str) -> None:
+    """torch.load does not check the CRCs of a zip checkpoint (every torch.save since 1.6): a flipped
+    byte in a tensor would load as a silently different network. Check them first (a fast pass)."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy pickle: the unpickler finds what it can
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as err:
+        raise UserError(f'cannot read {what} {path}: damaged zip archive ({_first_line(err)})') from None
+    if bad is not None:
+        raise UserError(f'{what} {path} is corrupt: entry {bad} fails its CRC check (copy or download it again)')
+
+
+def _read_pickle(path: str, what: str = 'checkpoint', expected: str = 'a PyTorch weights file'):
+    _check_zip(path, what)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it has not seen; the error below is what matters.
@@ -70,19 +91,54 @@ def _read_pickle(path: str):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+        # 'Unsupported global: GLOBAL x.y' (older torch) or 'unsupported GLOBAL x.y whose module ...' (newer)
+        found = re.search(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)', text)
         if found:
             # weights_only refuses every global outside torch's allow-list: the file asks to import (and
             # so possibly run) code. We never execute it.
             raise UserError(f'refusing to load {path}: it asks to import {found.group(1)}, i.e. it carries code '
-                            'or objects other than tensors, which unpickling could run; only a state dict of '
-                            'tensors is accepted') from None
+                            'or objects other than tensors, which unpickling could run; only tensors and plain '
+                            'values are accepted') from None
         detail = re.search(r'WeightsUnpickler error:\s*(.+)', text)
-        raise UserError(f'cannot read checkpoint {path}: not a PyTorch weights file, or corrupt '
+        raise UserError(f'cannot read {what} {path}: not {expected}, or corrupt '
                         f'({detail.group(1).strip() if detail else _first_line(err)})') from None
     except Exception as err:  # noqa: BLE001  a damaged file can make the unpickler raise anything
-        raise UserError(f'cannot read checkpoint {path}: {type(err).__name__}: {_first_line(err)} (is it a '
-                        'PyTorch or safetensors weights file, and complete?)') from None
+        raise UserError(f'cannot read {what} {path}: {type(err).__name__}: {_first_line(err)} (is it '
+                        f'{expected}, and complete?)') from None
+
+
+def load_training_state(path: str) -> dict:
+    """A BasicSR training state (``N.state``: epoch, iter, optimizer and scheduler states), read as data
+    only, on the CPU. Every failure, a file that carries code included, is a :class:`UserError`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f'training state {path} does not exist')
+    state = _read_pickle(path, what='training state', expected='a BasicSR training state (.state)')
+    missing = [k for k in ('epoch', 'iter', 'optimizers', 'schedulers') if not isinstance(state, Mapping)
+               or k not in state]
+    if missing:
+        raise UserError(f'{path} is not a BasicSR training state: no {", ".join(missing)} entry')
+    return dict(state)
+
+
+def save_verified(obj, path: str) -> str:
+    """``torch.save`` `obj` to `path` so that `path` only ever holds a complete file: written beside it,
+    flushed, read back with ``weights_only=True`` and only then renamed into place. Any failure (a full
+    disk, a write error, a file that does not read back) leaves `path` as it was and raises
+    :class:`UserError` naming it."""
+    path = os.fspath(path)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _read_pickle(tmp, what='just written file')
+    except OSError as err:
+        raise UserError(f'cannot save {path}: {err.strerror or _first_line(err)}') from None
+    except UserError as err:
+        raise UserError(f'cannot save {path}: it did not read back ({err})') from None
+    return path
 
 
 def _first_line(err: BaseException) -> str:
