@@ -2,11 +2,16 @@
 
     python benchmarks/speed.py                        # lightweight x2, CPU, 128 and 256 inputs
     python benchmarks/speed.py --suite classical --sizes 64
+    python benchmarks/speed.py --suite peers          # beside SRFormer, DAT, Omni-SR, ATD, SAFMN, SPAN (light)
     python benchmarks/speed.py --device cuda --dtype bf16 --compile
     python benchmarks/speed.py --ffn                  # the FFN alone, before/after re-parameterisation
 
-Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train" is one
-forward + backward + Adam step on a batch of 4 LR patches of 64x64. ``--dtype bf16``/``fp16`` run under
+Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is one
+forward + L1 backward + Adam step on a batch of 4 LR patches of PxP (``--patches``, default 16 32 64).
+Mult-Adds are FlopCounterMode's total / 2 on the meta device, at the input sizes and at the paper's ruler
+(LR = HR 1024x720 / 2, as the network pads it). ``--suite peers`` builds the light x2 networks of
+``benchmarks/peers.py`` from spandrel's reference code (``pip install -e .[bench]``); their parameters are
+those of the inference form. ``--dtype bf16``/``fp16`` run under
 autocast with fp32 weights, as ``msrasr upscale --precision`` and BasicSR's AMP do (SwinIR cannot run with
 bf16 weights: its shift mask stays fp32). ``--compile`` compiles each model once per input size
 (``dynamic=False``), as a deployment at a fixed size would. The models are timed interleaved, one
@@ -32,7 +37,8 @@ from basicsr.archs.swinir_arch import SwinIR
 from msrasr_arch.archs import MSRASR
 from msrasr_arch.archs.ffn import FFN
 from msrasr_arch.archs.presets import get_preset
-from msrasr_arch.archs.profile import mult_adds
+from msrasr_arch.archs.profile import PAPER_HR, mult_adds
+from peers import NAMES as PEERS, deployed_params, get_peer
 
 SWINIR = {
     'light': dict(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1., depths=[6, 6, 6, 6], embed_dim=60,
@@ -42,18 +48,30 @@ SWINIR = {
 }
 
 
+def base_suite(suite):
+    """The MSRA-SR / SwinIR configuration a suite uses: the peers are all lightweight."""
+    return 'light' if suite == 'peers' else suite
+
+
 def build(name, suite, deploy, size=None):
     """``size``: SwinIR's ``img_size``. SwinIR builds the shift masks of that one input size in its constructor
-    and rebuilds them on the CPU, in every shifted layer of every forward, at any other size."""
+    and rebuilds them on the CPU, in every shifted layer of every forward, at any other size. The peers
+    with an ``img_size`` get the same treatment."""
     if name == 'swinir':
-        return SwinIR(**dict(SWINIR[suite], **({'img_size': size} if size else {})))
-    opt = get_preset(f'{suite}_x2')
+        return SwinIR(**dict(SWINIR[base_suite(suite)], **({'img_size': size} if size else {})))
+    if name in PEERS:
+        return get_peer(name).build(size or 64)
+    opt = get_preset(f'{base_suite(suite)}_x2')
     opt.pop('type')
     net = MSRASR(**opt)
     return net.reparameterize() if deploy else net
 
 
-MODELS = {'msrasr': ('msrasr', True), 'msrasr-multibranch': ('msrasr', False), 'swinir': ('swinir', False)}
+MODELS = {'msrasr': ('msrasr', True), 'msrasr-multibranch': ('msrasr', False), 'swinir': ('swinir', False),
+          **{name: (name, False) for name in PEERS}}
+SUITE_MODELS = {'light': ['msrasr', 'msrasr-multibranch', 'swinir'],
+                'classical': ['msrasr', 'msrasr-multibranch', 'swinir'],
+                'peers': ['msrasr', 'msrasr-multibranch', 'swinir', *PEERS]}
 
 
 def sync(device):
@@ -102,11 +120,11 @@ def infer_fn(model, args, size, device, dtype):
     return forward
 
 
-def train_fn(model, args, device, dtype):
-    net = prepare(model, args, device, dtype).train()
+def train_fn(model, args, patch, device, dtype):
+    net = prepare(model, args, device, dtype, patch).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.rand(4, 3, 64, 64, device=device)
-    y = torch.rand(4, 3, 128, 128, device=device)
+    x = torch.rand(4, 3, patch, patch, device=device)
+    y = torch.rand(4, 3, 2 * patch, 2 * patch, device=device)
 
     def step():
         with autocast(device, dtype):
@@ -119,7 +137,8 @@ def train_fn(model, args, device, dtype):
 
 
 def peak_memory(model, args, mode, size, device, dtype):
-    """Peak memory (MiB) of one forward (mode 'infer') or training step ('train')."""
+    """Peak memory (MiB) of one forward (mode 'infer', input side ``size``) or training step ('train', a
+    batch of 4 patches of side ``size``)."""
     if device.type == 'cuda':
         net = prepare(model, args, device, dtype, size)
         torch.cuda.synchronize()
@@ -131,7 +150,7 @@ def peak_memory(model, args, mode, size, device, dtype):
         else:
             net.train()
             with autocast(device, dtype):
-                out = net(torch.rand(4, 3, 64, 64, device=device))
+                out = net(torch.rand(4, 3, size, size, device=device))
             out.float().mean().backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -146,7 +165,7 @@ def _memory_child(spec):
     name, deploy = MODELS[model]
     torch.manual_seed(0)
     net = build(name, suite, deploy, size if fixed else None)
-    x = torch.rand(1, 3, size, size) if mode == 'infer' else torch.rand(4, 3, 64, 64)
+    x = torch.rand(1, 3, size, size) if mode == 'infer' else torch.rand(4, 3, size, size)
     cpu = torch.device('cpu')
     if mode == 'infer':
         net.eval()
@@ -182,20 +201,22 @@ def _reset_peak_rss():
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def count(model, suite, size):
+def count(model, suite, sizes):
+    """Parameters (of the inference form) and Mult-Adds of one forward at each (H, W) of ``sizes``."""
     name, deploy = MODELS[model]
-    if name == 'swinir':  # SwinIR's constructor calls .item(), so it cannot be built on meta directly
-        net = build(name, suite, deploy).to('meta').eval()
-    else:
+    if name == 'msrasr':
         with torch.device('meta'):
             net = build(name, suite, deploy).eval()
-    params = sum(p.numel() for p in net.parameters())
-    if name == 'swinir':
-        from torch.utils.flop_counter import FlopCounterMode
+        return sum(p.numel() for p in net.parameters()), [mult_adds(net, hw, 'reference') for hw in sizes]
+    # SwinIR's constructor (and those of its descendants) calls .item(): build on the CPU, then move
+    net = build(name, suite, deploy).to('meta').eval()
+    from torch.utils.flop_counter import FlopCounterMode
+    macs = []
+    for hw in sizes:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(torch.empty(1, 3, size, size, device='meta'))
-        return params, counter.get_total_flops() / 2
-    return params, mult_adds(net, (size, size), 'reference')
+            net(torch.empty(1, 3, *hw, device='meta'))
+        macs.append(counter.get_total_flops() / 2)
+    return deployed_params(net), macs
 
 
 def ffn_benchmark(args, device, dtype):
@@ -213,16 +234,25 @@ def ffn_benchmark(args, device, dtype):
           f'{after * 1e3:.1f} ms ({before / after:.2f}x faster; max abs diff {diff:.1e}); paper: 0.15 s -> 0.02 s')
 
 
+def progress(results, key):
+    """One line on stderr as each column completes, so a run cut short by a time limit still reports."""
+    print(f'# {key}: ' + ', '.join(f'{m} {statistics.median(r[key]) * 1e3:.1f}ms' for m, r in results.items()),
+          file=sys.stderr, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--suite', choices=['light', 'classical'], default='light')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256], help='LR input sides')
+    parser.add_argument('--suite', choices=list(SUITE_MODELS), default='light',
+                        help='peers: light MSRA-SR and SwinIR beside the networks of benchmarks/peers.py')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256], help='LR input sides (inference)')
+    parser.add_argument('--patches', type=int, nargs='+', default=[16, 32, 64],
+                        help='LR patch sides of the training step (batch 4)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--compile', action='store_true', help='torch.compile every model')
-    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    parser.add_argument('--models', nargs='+', choices=list(MODELS), help="default: the suite's models")
     parser.add_argument('--swinir-mask', choices=['fixed', 'rebuilt'], default='fixed',
                         help="fixed: SwinIR's img_size is the input size, so its shift masks are built once "
                         "(its best case); rebuilt: img_size as in its option files (64 light, 48 classical), so "
@@ -235,6 +265,14 @@ def main():
     torch.set_num_threads(args.threads)
     if args._memory:
         return _memory_child(args._memory)
+    bad = [n for n in args.sizes + args.patches if n < 16 or n % 8]
+    if bad:  # SAFMN needs multiples of 8, and 16 is the smallest side every model here accepts
+        parser.error(f'--sizes/--patches: {bad[0]} is not a multiple of 8 of at least 16')
+    args.models = args.models or SUITE_MODELS[args.suite]
+    try:
+        peers = {name: get_peer(name) for name in args.models if name in PEERS}
+    except ImportError as e:
+        parser.error(str(e))
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     cpu = platform.processor() or platform.machine()
     try:
@@ -246,35 +284,47 @@ def main():
     print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
           f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}')
 
-    print(f'{"model":<20} {"params":>8} ' + ' '.join(f'{"MACs@" + str(s):>10}' for s in args.sizes))
-    for model in args.models:
-        counts = [count(model, args.suite, s) for s in args.sizes]
-        print(f'{model:<20} {counts[0][0] / 1e3:>7.0f}K ' + ' '.join(f'{c[1] / 1e9:>9.2f}G' for c in counts),
-              flush=True)
+    for name, peer in peers.items():
+        print(f'# {name} ({peer.paper}): ' + ', '.join(f'{k}={v}' for k, v in peer.args.items()))
 
-    keys = [f'infer@{s}' for s in args.sizes] + ([] if args.no_train else ['train'])
+    # the paper's ruler: Mult-Adds of one HR 1024x720 output, i.e. an LR input of 512x360 at x2
+    ruler = (PAPER_HR[0] // 2, PAPER_HR[1] // 2)
+    ruler_key = f'MACs@{ruler[1]}x{ruler[0]}'
+    w = max(len(m) for m in args.models) + len('/swinir') + 1  # the first column fits the ratio rows
+    print(f'{"model":<{w}} {"params":>8} ' + ' '.join(f'{"MACs@" + str(s):>10}' for s in args.sizes)
+          + f' {ruler_key:>14}')
+    for model in args.models:
+        params, macs = count(model, args.suite, [(s, s) for s in args.sizes] + [ruler])
+        print(f'{model:<{w}} {params / 1e3:>7.0f}K ' + ' '.join(f'{m / 1e9:>9.2f}G' for m in macs[:-1])
+              + f' {macs[-1] / 1e9:>13.1f}G', flush=True)
+
+    train = [] if args.no_train else args.patches
+    mem_train = [f'mem_train@{max(train)}'] if train else []  # the largest patch only: a subprocess each
+    keys = [f'infer@{s}' for s in args.sizes] + [f'train@{p}' for p in train]
     if not args.no_memory:
-        keys += [f'mem_infer@{s}' for s in args.sizes] + ([] if args.no_train else ['mem_train'])
-    print(f'{"":<20} ' + ' '.join(f'{k:>14}' for k in keys), flush=True)
+        keys += [f'mem_infer@{s}' for s in args.sizes] + mem_train
     results = {model: {} for model in args.models}  # key -> list of per-run seconds (or MiB)
     for size in args.sizes:
         fns = {model: infer_fn(model, args, size, device, dtype) for model in args.models}
         for model, times in interleaved_times(fns, args.runs, device).items():
             results[model][f'infer@{size}'] = times
         del fns
-    if not args.no_train:
-        fns = {model: train_fn(model, args, device, dtype) for model in args.models}
+        progress(results, f'infer@{size}')
+    for patch in train:
+        fns = {model: train_fn(model, args, patch, device, dtype) for model in args.models}
         for model, times in interleaved_times(fns, max(2, args.runs // 2), device, warmup=1).items():
-            results[model]['train'] = times
+            results[model][f'train@{patch}'] = times
         del fns
+        progress(results, f'train@{patch}')
     if not args.no_memory:
         for model in args.models:
             for s in args.sizes:
                 results[model][f'mem_infer@{s}'] = [peak_memory(model, args, 'infer', s, device, dtype)]
-            if not args.no_train:
-                results[model]['mem_train'] = [peak_memory(model, args, 'train', 64, device, dtype)]
+            for key in mem_train:
+                results[model][key] = [peak_memory(model, args, 'train', max(train), device, dtype)]
+    print(f'{"":<{w}} ' + ' '.join(f'{k:>14}' for k in keys), flush=True)
     for model, r in results.items():
-        print(f'{model:<20} ' + ' '.join(
+        print(f'{model:<{w}} ' + ' '.join(
             f'{statistics.median(r[k]) * 1e3:>12.1f}ms' if not k.startswith('mem') else f'{r[k][0]:>11.0f}MiB'
             for k in keys), flush=True)
     if 'swinir' in results:
@@ -282,7 +332,7 @@ def main():
         for model, r in results.items():
             if model != 'swinir':
                 ratios = [statistics.median(a / b for a, b in zip(r[k], base[k])) for k in keys]
-                print(f'{model + "/swinir":<20} ' + ' '.join(f'{x:>13.2f}x' for x in ratios))
+                print(f'{model + "/swinir":<{w}} ' + ' '.join(f'{x:>13.2f}x' for x in ratios))
     if args.ffn:
         ffn_benchmark(args, device, dtype)
 

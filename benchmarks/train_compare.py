@@ -96,7 +96,7 @@ def main(argv=None):
     from msrasr_arch.utils.bicubic_start import bicubic_start
 
     out = os.path.abspath(args.out)
-    paths = qs.builtin_data(os.path.join(out, 'datasets', 'builtin'))
+    paths, _ = qs.builtin_data(os.path.join(out, 'datasets', 'builtin'))
     qs.quiet_basicsr_logger(os.path.join(out, 'train_compare.log'))
     results = []
     for label, network in MODELS.items():

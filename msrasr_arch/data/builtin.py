@@ -83,7 +83,7 @@ def builtin_dataset_paths(root, *, scales=(2,), lmdb=True):
 
 
 def build_builtin_dataset(root, *, scales=(2,), crop_size=192, step=192, lmdb=True, overwrite=False,
-                          progress=False):
+                          progress=False, on_step=None):
     """Build the whole small dataset under `root` in a few seconds::
 
         <root>/photos/train/*.png, <root>/photos/test/*.png     the source photos
@@ -93,13 +93,18 @@ def build_builtin_dataset(root, *, scales=(2,), crop_size=192, step=192, lmdb=Tr
 
     Returns `builtin_dataset_paths(...)` with 'train' / 'test' being what `prepare_train_set` /
     `prepare_benchmark_set` return (keys 'gt', 'lq' {scale: path}, 'gt_lmdb', 'lq_lmdb' {scale: path},
-    'filename_tmpl' {scale: template}). Raises UserError if any output exists, unless `overwrite`."""
+    'filename_tmpl' {scale: template}). Raises UserError if any output exists, unless `overwrite`.
+    `on_step`, if given, is called with 'photos', 'train' and 'test' as each stage ends (a progress display)."""
     paths = builtin_dataset_paths(root, scales=scales, lmdb=lmdb)
+    on_step = on_step or (lambda stage: None)
     write_builtin_photos(paths['train_photos'], split='train', overwrite=overwrite)
     write_builtin_photos(paths['test_photos'], split='test', overwrite=overwrite)
+    on_step('photos')
     paths['train'] = prepare_train_set(paths['train_photos'], os.path.join(paths['root'], 'train'), scales=scales,
                                        name='builtin', crop_size=crop_size, step=step, lmdb=lmdb,
                                        overwrite=overwrite, progress=progress)
+    on_step('train')
     paths['test'] = prepare_benchmark_set(paths['test_photos'], os.path.join(paths['root'], 'test'), scales=scales,
                                           overwrite=overwrite, progress=progress)
+    on_step('test')
     return paths
