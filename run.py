@@ -24,7 +24,8 @@ TORCH = os.environ.get('MSRASR_TORCH', 'torch==2.14.1 torchvision==0.29.1')
 EXTRAS = '.[test,export]'
 COMMANDS = {
     'quickstart': ['-m', 'msrasr_cli', 'quickstart'],
-    'tests': ['-m', 'pytest', '-q', 'tests'],
+    # A few workers, one thread each (tests/conftest.py): the suite is many small processes and networks.
+    'tests': ['-m', 'pytest', '-q', '-n', 'auto', '--maxprocesses', '4', 'tests'],
 }
 
 

@@ -12,7 +12,7 @@ PHOTOS = ('chelsea', 'coffee', 'motorcycle')
 def test_quickstart_few_iterations(tmp_path):
     out = tmp_path / 'qs'
     cmd = [sys.executable, '-m', 'msrasr_cli', 'quickstart', '--out', str(out), '--iters', '3', '--tiny']
-    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='2'), capture_output=True,
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2')), capture_output=True,
                           text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
