@@ -6,8 +6,9 @@
     python benchmarks/speed.py --device cuda --dtype bf16 --compile
     python benchmarks/speed.py --ffn                  # the FFN alone, before/after re-parameterisation
 
-Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is one
-forward + L1 backward + Adam step on a batch of 4 LR patches of PxP (``--patches``, default 16 32 64).
+Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is the
+median of ``--runs`` timed steps (forward + L1 backward + Adam, after two warm-up steps) on a batch of 4 LR
+patches of PxP (``--patches``, default 16 32 64).
 Mult-Adds are FlopCounterMode's total / 2 on the meta device, at the input sizes and at the paper's ruler
 (LR = HR 1024x720 / 2, as the network pads it). ``--suite peers`` builds the light x2 networks of
 ``benchmarks/peers.py`` from spandrel's reference code (``pip install -e .[bench]``); their parameters are
@@ -260,9 +261,16 @@ def main():
     parser.add_argument('--no-train', action='store_true')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--ffn', action='store_true', help='also time the FFN alone before/after reparam')
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help="glibc keeps freed memory in the process, as `basicsr train` sets it "
+                        "(msrasr_arch.utils.cpu_memory)")
     parser.add_argument('--_memory', help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from msrasr_arch.utils.cpu_memory import keep_freed_memory  # here: before_after.sh runs older packages
+        if not keep_freed_memory():
+            parser.error('--keep-freed-memory: this C library does not take the setting (glibc only)')
     if args._memory:
         return _memory_child(args._memory)
     bad = [n for n in args.sizes + args.patches if n < 16 or n % 8]
@@ -282,7 +290,8 @@ def main():
         pass
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu}, {args.threads} threads'
     print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
-          f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}')
+          f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}'
+          f'{", freed memory kept" if args.keep_freed_memory else ""}')
 
     for name, peer in peers.items():
         print(f'# {name} ({peer.paper}): ' + ', '.join(f'{k}={v}' for k, v in peer.args.items()))
@@ -312,7 +321,7 @@ def main():
         progress(results, f'infer@{size}')
     for patch in train:
         fns = {model: train_fn(model, args, patch, device, dtype) for model in args.models}
-        for model, times in interleaved_times(fns, max(2, args.runs // 2), device, warmup=1).items():
+        for model, times in interleaved_times(fns, args.runs, device).items():
             results[model][f'train@{patch}'] = times
         del fns
         progress(results, f'train@{patch}')

@@ -29,6 +29,7 @@ except ImportError as err:
 from msrasr_arch.archs import ARCHS, MSRASR
 from msrasr_arch.archs.from_weights import infer_network_options
 from msrasr_arch.archs.network_options import MAX_PARAMS, check_network_options
+from msrasr_arch.archs.size_requirement import size_requirement
 from msrasr_arch.utils.checkpoint import describe_mismatch
 from msrasr_arch.utils.errors import UserError
 
@@ -72,6 +73,15 @@ def _tags(options: dict, net: MSRASR) -> list:
             're-parameterised' if net.deployed else 'multi-branch']
 
 
+def _size_requirements(net: MSRASR) -> SizeRequirements:
+    """spandrel's form of the network's :func:`size_requirement`. No ``multiple_of``: the network pads to
+    its window multiple itself and crops, and spandrel's own padding (reflect, then replicate the rest)
+    would differ from it below one window. Every image has a pixel, so a minimum of 1 is spandrel's
+    neutral 0 (which tools read as "no requirement")."""
+    minimum = size_requirement(net).minimum
+    return SizeRequirements(minimum=minimum if minimum > 1 else 0)
+
+
 class MSRASRArch(Architecture[MSRASR]):
     """MSRA-SR (Zhou et al., ICCV 2023): ``MSRASR`` for bicubic SR, ``MSRAGANNet`` for real-world SR."""
 
@@ -93,8 +103,7 @@ class MSRASRArch(Architecture[MSRASR]):
             # (tests/test_spandrel.py compares them with float32).
             supports_half=True, supports_bfloat16=True,
             scale=net.upscale, input_channels=net.in_chans, output_channels=net.in_chans,
-            # The network pads to its window multiple inside and crops, so every size from 1x1 works.
-            size_requirements=SizeRequirements(),
+            size_requirements=_size_requirements(net),
             # Windows are local; channel attention pools over the input, so tiles differ from the whole
             # image only slightly (msrasr upscale tiles with cross-faded overlaps).
             tiling=ModelTiling.SUPPORTED)

@@ -16,7 +16,7 @@ from msrasr_arch.archs.shared_attention import SharedWindowAttention
 TINY = dict(embed_dim=12, depths=[4], num_heads=[2], window_size=8, csa_dim=4, mlp_ratio=2)
 
 # The equivalence tests run on every device present: CUDA takes other kernels and other head widths (see
-# fused_width), so on a GPU machine `pytest tests/test_arch.py -k cuda` checks that path. CI has only the CPU.
+# msrasr_arch.archs.backend), so on a GPU machine `pytest tests/test_arch.py -k cuda` checks that path. CI has only the CPU.
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
@@ -228,9 +228,9 @@ def test_attention_runs_on_fused_kernels_only(device, dtype, monkeypatch):
     raises): the fallback would silently build every N x N map. CPU: its one fused kernel, for inference
     (training attends explicitly). CUDA: memory-efficient (or flash), for inference and training."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from msrasr_arch.archs import sdpa
+    from msrasr_arch.archs import backend
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-    monkeypatch.setattr(sdpa, '_CUDA_BACKENDS', fused)
+    monkeypatch.setattr(backend, '_CUDA_BACKENDS', fused)
     for over in ({}, {'embed_dim': 20, 'num_heads': [4], 'csa_dim': 5}):
         net = perturbed(MSRASR(upscale=2, **dict(TINY, **over))).to(device)
         x = torch.rand(2, 3, 21, 18, device=device)
@@ -305,7 +305,7 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
     x = torch.rand(2, 3, 21, 18)
     with torch.no_grad():
         grouped = net(x)
-        monkeypatch.setattr(window, 'exporting', lambda: True)
+        monkeypatch.setattr(window, 'capturing_for_all_sizes', lambda: True)
         folded = net(x)
     assert (grouped - folded).abs().max().item() < 1e-6
 
@@ -330,33 +330,35 @@ def test_fused_training_path_matches_reference_gradients(over, device, exact_cud
         assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
 
 
-def test_shifted_factors_inference_and_autograd_forms_agree():
-    """Q' K'^T equals F applied to scale * q k^T (zero padding), in both forms of the construction."""
+def test_shifted_factors_equal_f_of_logits():
+    """Q' K'^T equals F applied to scale * q k^T (zero padding), at every padded width."""
     from msrasr_arch.archs.shared_attention import _shifted_factors
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(3, 2, 9, 5, generator=g), torch.randn(3, 2, 9, 5, generator=g)
     w = torch.randn(2, 3, 3, generator=g)
     want = torch.nn.functional.conv2d(q @ k.transpose(-2, -1), w.unsqueeze(1), padding=1, groups=2)
     for width in (15, 16, 32):
-        with torch.no_grad():
-            fast = _shifted_factors(q, k, w, width)
-        slow = _shifted_factors(q, k, w, width)
-        for qq, kk in (fast, slow):
-            assert qq.shape == kk.shape == (3, 2, 9, width)
-            assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
+        qq, kk = _shifted_factors(q, k, w, width)
+        assert qq.shape == kk.shape == (3, 2, 9, width)
+        assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
 
 
 def test_grouped_window_layout_is_roll_plus_partition():
-    """The grouped layout's gather is the rolled raster partition, reordered so that every group is one
-    contiguous slice of windows sharing one mask; scatter inverts it."""
-    from msrasr_arch.archs.window import shift_mask, window_partition
+    """The grouped layout's partition is the rolled raster partition, reordered so that every group is one
+    contiguous slice of windows sharing one mask; reverse inverts it, and so do the gradients."""
+    from msrasr_arch.archs.window import window_layout, window_partition
     b, h, w, ws, s = 2, 24, 40, 8, 4
-    layout = shift_mask(b, h, w, ws, s, 'cpu', torch.float32)
-    raster_mask = shift_mask(b, h, w, ws, s, 'cpu', torch.float32, grouped=False).mask
-    x = torch.randn(b, h, w, 3)
-    grouped = x.reshape(-1, 3)[layout.gather].view(-1, ws * ws, 3)
-    raster = window_partition(torch.roll(x, (-s, -s), (1, 2)), ws).view(b, -1, ws * ws, 3)
-    assert torch.equal(grouped.reshape(-1, 3)[layout.scatter].view_as(x), x)
+    layout = window_layout(b, h, w, window_size=ws, shift=s, device='cpu', dtype=torch.float32)
+    raster_layout = window_layout(b, h, w, window_size=ws, shift=s, device='cpu', dtype=torch.float32, grouped=False)
+    raster_mask = raster_layout.mask
+    x = torch.randn(b, h, w, 3, requires_grad=True)
+    grouped = layout.partition(x)
+    raster = raster_layout.partition(x).view(b, -1, ws * ws, 3)
+    assert torch.equal(raster_layout.reverse(raster.reshape(-1, ws * ws, 3)), x)
+    assert torch.equal(layout.reverse(grouped), x)
+    weights = torch.randn(grouped.shape)
+    (grad, ) = torch.autograd.grad((grouped * weights).sum(), x)
+    assert torch.equal(grad, layout.reverse(weights))
     assert [count for _, count, _ in layout.groups] == [2 * 2 * 4, 2 * 2, 2 * 4, 2]
     nww = w // ws
     for start, count, mask in layout.groups:
@@ -368,6 +370,23 @@ def test_grouped_window_layout_is_roll_plus_partition():
             want = raster_mask[j]
             assert torch.equal(want, torch.zeros_like(want)) if mask is None else torch.equal(want, mask)
             assert (mask is None) == (j // nww < h // ws - 1 and j % nww < nww - 1)  # None only inside
+
+
+def test_backend_decided_by_device_and_mode():
+    """The attention backend is chosen when the network is built, moved or switched between train and eval,
+    and every attention module holds the same choice."""
+    from msrasr_arch.archs.cross_scale_attention import CrossScaleAttention
+
+    def backends(net):
+        return {m.backend for m in net.modules() if isinstance(m, (SharedWindowAttention, CrossScaleAttention))}
+
+    net = MSRASR(upscale=2, **TINY)
+    assert {b.name for b in backends(net.train())} == {'chunked'}
+    assert {b.name for b in backends(net.eval())} == {'sdpa'}
+    assert {(b.name, b.head_multiple) for b in backends(net.to(torch.float64))} == {('sdpa', 16)}
+    assert {b.name for b in backends(net.set_attn_impl('reference').train())} == {'reference'}
+    with torch.device('meta'):
+        assert {(b.name, b.head_multiple) for b in backends(MSRASR(upscale=2, **TINY))} == {('sdpa', 1)}
 
 
 def _compiled_matches_eager(device, sizes):
@@ -394,21 +413,44 @@ def test_torch_compile_recompiles_with_symbolic_sizes(device):
     _compiled_matches_eager(device, [(21, 18), (30, 40)])
 
 
+@pytest.mark.parametrize('keep_bytes', [0, 2**30])  # probabilities recomputed in the backward, or kept
 @pytest.mark.parametrize('chunk_bytes', [1, 3 * 4 * 2 * 9 * 9, 2**30])  # one window, three, all at once
-def test_chunked_attention_matches_autograd(chunk_bytes, monkeypatch):
-    """CPU training attention: output and the gradients of q, k, v and the broadcast mask equal autograd's
-    through the materialised maps, whatever the chunking (windows 7 = 3 + 3 + 1 with the middle size)."""
+def test_chunked_attention_matches_autograd(chunk_bytes, keep_bytes, monkeypatch):
+    """CPU training attention: output and the gradients of q, k, v and the broadcast bias equal autograd's
+    through the materialised maps, whatever the chunking (groups of 4 and 3 windows, the second with its own
+    mask; chunks of 1, 3 or all windows never straddle them), with the probabilities kept for the backward
+    or recomputed there."""
     from msrasr_arch.archs import chunked_attention as ca
     monkeypatch.setattr(ca, 'CHUNK_BYTES', chunk_bytes)
+    monkeypatch.setattr(ca, 'KEEP_BYTES', keep_bytes)
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(7, 2, 9, 5, generator=g, requires_grad=True) for _ in range(2))
     v = torch.randn(7, 2, 9, 3, generator=g, requires_grad=True)
-    mask = torch.randn(1, 2, 9, 9, generator=g, requires_grad=True)
+    bias = torch.randn(1, 2, 9, 9, generator=g, requires_grad=True)
+    window_mask = torch.randn(9, 9, generator=g)
     grad = torch.randn(7, 2, 9, 3, generator=g)
-    want = (q @ k.transpose(-2, -1) + mask).softmax(dim=-1) @ v
-    want_grads = torch.autograd.grad(want, (q, k, v, mask), grad)
-    got = ca.chunked_attention(q, k, v, mask)
-    got_grads = torch.autograd.grad(got, (q, k, v, mask), grad)
+    masks = torch.cat([bias.expand(4, -1, -1, -1), (bias + window_mask).expand(3, -1, -1, -1)])
+    want = (q @ k.transpose(-2, -1) + masks).softmax(dim=-1) @ v
+    want_grads = torch.autograd.grad(want, (q, k, v, bias), grad)
+    got = ca.chunked_attention(q, k, v, bias, ((0, 4, None), (4, 3, window_mask)))
+    got_grads = torch.autograd.grad(got, (q, k, v, bias), grad)
     assert torch.allclose(got, want, atol=1e-6)
     for a, b in zip(got_grads, want_grads):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('k', [1, 3, 7])
+def test_split_depthwise_backward_matches_autograd(k):
+    """The CPU training form of a depth-wise conv: the same output and the same gradients of input, weight
+    and bias as autograd's conv, on a channels-last input like the FFN's."""
+    from msrasr_arch.archs.depthwise import depthwise_conv2d
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(3, 9, 11, 5, generator=g).permute(0, 3, 1, 2).requires_grad_()
+    weight = torch.randn(5, 1, k, k, generator=g, requires_grad=True)
+    bias = torch.randn(5, generator=g, requires_grad=True)
+    grad = torch.randn(3, 5, 9, 11, generator=g)
+    outs = [depthwise_conv2d(x, weight, bias, split_backward=split) for split in (True, False)]
+    grads = [torch.autograd.grad(out, (x, weight, bias), grad) for out in outs]
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 import msrasr_arch  # noqa: F401  (shim + registration before basicsr)
 from msrasr_arch.archs import MSRASR
+from msrasr_arch.archs.size_requirement import SizeRequirement
 from msrasr_arch.inference import Upscaler, read_image, write_image
 from msrasr_arch.utils.checkpoint import load_checkpoint
 from msrasr_arch.utils.errors import UserError
@@ -28,7 +29,8 @@ TINY = dict(embed_dim=12, depths=[2], num_heads=[2], window_size=8, csa_dim=4)
 
 class Nearest(torch.nn.Module):
     """A pointwise x2 'network': tiling it must reproduce the untiled output exactly."""
-    upscale, in_chans, pad_multiple = 2, 3, 8
+    upscale, in_chans = 2, 3
+    size_requirement = SizeRequirement(multiple=8, minimum=1)  # tiles on an 8-pixel grid, as a window-8 net
 
     def forward(self, x):
         return F.interpolate(x, scale_factor=2, mode='nearest')
@@ -78,10 +80,12 @@ def test_streamed_tiles_reproduce_a_pointwise_network_exactly():
 MEMORY_SCRIPT = textwrap.dedent('''
     import json, sys, numpy as np, torch
     from torch.nn import functional as F
+    from msrasr_arch.archs.size_requirement import SizeRequirement
     from msrasr_arch.inference import Upscaler
 
     class Nearest(torch.nn.Module):
-        upscale, in_chans, pad_multiple = 2, 3, 8
+        upscale, in_chans = 2, 3
+        size_requirement = SizeRequirement(multiple=8, minimum=1)
         def forward(self, x):
             return F.interpolate(x, scale_factor=2, mode='nearest')
 

@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .sdpa import sdpa
-from .shared_attention import fused_width
+from .backend import REFERENCE, Backend, sdpa
 from .window import window_partition, window_reverse
 
 
@@ -48,9 +47,10 @@ class CrossScaleAttention(nn.Module):
         self.k = nn.Linear(dim, dim_csa)
         self.v = nn.Linear(dim, dim_csa)
         self.fuse = nn.Linear(dim_csa * sum(s * s for s in scales), dim)
+        self.backend: Backend = REFERENCE  # set by the network (see .backend)
 
-    def forward(self, x: torch.Tensor, impl: str = 'fused') -> torch.Tensor:
-        if impl == 'reference':
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend.reference:
             return self._reference(x)
         b, hh, ww, _ = x.shape
         ws, nh, hd, n = self.window_size, self.num_heads, self.head_dim, self.window_size**2
@@ -81,16 +81,16 @@ class CrossScaleAttention(nn.Module):
                 vw = vw.view(nh, bw, ns, dim).transpose(0, 1).reshape(bw, nh * ns, dim)
                 part = p.transpose(1, 2).reshape(bw, n, nh * ns) @ vw
             else:
-                # The fused CPU kernel needs equal q/v head dims (zero-padding q and k leaves q k^T unchanged)
-                # and is fastest with q/k at a multiple of 16 floats (see fused_width); a wider v is left as
-                # it is there (s = 2 at 256x256: 7.0 ms at 24, 10.4 ms padded to 32). CUDA's kernel needs
-                # every width a multiple of 8.
-                width = max(ev, fused_width(hd, x.device))
-                if x.is_cuda:
-                    width = fused_width(width, x.device)
+                # No mask here, so SDPA's fused kernels serve training too. The fused CPU kernel needs equal
+                # q/v head dims (zero-padding q and k leaves q k^T unchanged) and is fastest with q/k at a
+                # multiple of 16 floats; a wider v is left as it is there (s = 2 at 256x256: 7.0 ms at 24,
+                # 10.4 ms padded to 32). CUDA's kernel needs every width a multiple of 8.
+                width = max(ev, self.backend.width(hd))
+                if self.backend.cuda:
+                    width = self.backend.width(width)
                 qs, ks = (F.pad(q, (0, width - hd)), F.pad(ks, (0, width - hd))) if width > hd else (q, ks)
                 vs = F.pad(vs, (0, width - ev)) if width > ev else vs
-                o = sdpa(qs, ks, vs, scale=hd**-0.5)[..., :ev]
+                o = sdpa(self.backend, qs, ks, vs, scale=hd**-0.5)[..., :ev]
                 part = o.transpose(1, 2).reshape(bw, n, nh * ev) @ w_s.t()
             y = part if y is None else y.add_(part)
         y = y + self.fuse.bias

@@ -5,6 +5,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .backend import REFERENCE, Backend
+from .depthwise import depthwise_conv2d
+
 
 class MSDWConv(nn.Module):
     """Parallel depth-wise convolutions of several odd kernel sizes, summed (paper Fig. 5).
@@ -40,6 +43,7 @@ class MSDWConv(nn.Module):
             self.conv = self._dwconv(self.kernel_size)
         else:
             self.branches = nn.ModuleList(self._dwconv(k) for k in kernels)
+        self.backend: Backend = REFERENCE  # set by the network (see .backend)
 
     def _dwconv(self, k: int) -> nn.Conv2d:
         return nn.Conv2d(self.channels, self.channels, k, padding=k // 2, groups=self.channels)
@@ -55,10 +59,10 @@ class MSDWConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
-            return self.conv(x)
+            return depthwise_conv2d(x, self.conv.weight, self.conv.bias, self.backend.split_dw_backward)
         if self.training:
             weight, bias = self.merged()
-            return F.conv2d(x, weight, bias, padding=self.kernel_size // 2, groups=self.channels)
+            return depthwise_conv2d(x, weight, bias, self.backend.split_dw_backward)
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)

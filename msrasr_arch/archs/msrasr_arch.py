@@ -24,11 +24,13 @@ from torch import nn
 
 from .channel_attention import ChannelAttention
 from .cross_scale_attention import CrossScaleAttention
+from .backend import choose_backend
 from .ffn import FFN, MSDWConv
 from .network_options import RULES, check_arguments
 from .shared_attention import ATTN_IMPLS, SharedLogits, SharedWindowAttention
+from .size_requirement import SizeRequirement
 from .swin_blocks import DropPath, Upsample, UpsampleOneStep, trunc_normal_
-from .window import ShiftMask, pad_to_multiple, shift_mask, window_partition, window_reverse
+from .window import pad_to_multiple, window_layout
 
 
 class MSTBLayer(nn.Module):
@@ -48,8 +50,9 @@ class MSTBLayer(nn.Module):
         drop_path: stochastic-depth rate of the residual branches.
         deploy: build the MS-DWC re-parameterised.
 
-    Shapes: ``forward(x (B, H, W, C), mask (:class:`ShiftMask`), shared, impl)`` returns
-    ``(B, H, W, C)`` and the layer's :class:`SharedLogits` (H, W multiples of ws).
+    Shapes: ``forward(x (B, H, W, C), layouts, shared)`` returns ``(B, H, W, C)`` and the layer's
+    :class:`SharedLogits` (H, W multiples of ws); ``layouts`` are the regular and shifted
+    :class:`~.window.WindowLayout` of the forward.
     """
 
     def __init__(self, *, dim: int, num_heads: int, window_size: int, shifted: bool, computes_attn: bool,
@@ -72,26 +75,13 @@ class MSTBLayer(nn.Module):
         self.ca = ChannelAttention(dim=dim, reduction=ca_reduction) if ca_reduction else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: ShiftMask, shared: Optional[SharedLogits], impl: str):
-        b, h, w, c = x.shape
-        ws, s = self.window_size, self.shift
-        y = self.norm1(x)
-        if s and mask.groups:
-            # The grouped window layout (see ShiftMask): roll + partition, and reverse + roll back, are one
-            # gather each, and the windows sharing a mask come out contiguous.
-            y, state = self.attn(y.reshape(-1, c).index_select(0, mask.gather).view(-1, ws * ws, c), mask, shared,
-                                 impl)
-            y = y.reshape(-1, c).index_select(0, mask.scatter).view(b, h, w, c)
-        else:
-            if s:
-                y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-            y, state = self.attn(window_partition(y, ws).view(-1, ws * ws, c), mask if s else None, shared, impl)
-            y = window_reverse(y.view(-1, ws, ws, c), ws, h, w)
-            if s:
-                y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+    def forward(self, x: torch.Tensor, layouts, shared: Optional[SharedLogits]):
+        layout = layouts[1 if self.shift else 0]
+        y, state = self.attn(layout.partition(self.norm1(x)), layout, shared)
+        y = layout.reverse(y)
         x = x + self.drop_path(y)
         if self.csa is not None:
-            x = x + self.drop_path(self.csa(self.norm_csa(x), impl))
+            x = x + self.drop_path(self.csa(self.norm_csa(x)))
         y = self.ffn(self.norm2(x))
         if self.ca is not None:
             y = self.ca(y)
@@ -129,11 +119,11 @@ class MSTB(nn.Module):
         else:
             self.conv = None
 
-    def forward(self, x: torch.Tensor, mask: ShiftMask, impl: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layouts) -> torch.Tensor:
         states = []
         y = x
         for i, blk in enumerate(self.blocks):
-            y, state = blk(y, mask, states[i - 2] if i >= 2 else None, impl)
+            y, state = blk(y, layouts, states[i - 2] if i >= 2 else None)
             states.append(state)
         if self.conv is not None:
             y = self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -191,7 +181,8 @@ class MSRASR(nn.Module):
         self.upscale = upscale
         self.in_chans = in_chans
         self.window_size = window_size
-        self.pad_multiple = window_size
+        # Any size works: forward pads to whole windows (reflect, or replicate below one window).
+        self.size_requirement = SizeRequirement(multiple=window_size, minimum=1)
         self.img_range = img_range
         self.upsampler = upsampler
         mean = (0.4488, 0.4371, 0.4040) if in_chans == 3 else (0.0, ) * in_chans
@@ -231,6 +222,7 @@ class MSRASR(nn.Module):
         for m in self.modules():
             if isinstance(m, SharedWindowAttention):
                 m.reset_transform()
+        self._choose_backend()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -249,6 +241,26 @@ class MSRASR(nn.Module):
         if impl not in ATTN_IMPLS:
             raise ValueError(f'attention implementation must be one of {ATTN_IMPLS}; got {impl!r}')
         self.attn_impl = impl
+        self._choose_backend()
+        return self
+
+    def _choose_backend(self) -> None:
+        """Decide how attention runs (see :mod:`.backend`) for the current device, mode and
+        implementation, once, and hand the choice to every attention module."""
+        backend = choose_backend(self.mean.device, self.training, self.attn_impl == 'reference')
+        for m in self.modules():
+            if isinstance(m, (SharedWindowAttention, CrossScaleAttention, MSDWConv)):
+                m.backend = backend
+
+    def train(self, mode: bool = True) -> 'MSRASR':
+        super().train(mode)
+        self._choose_backend()
+        return self
+
+    def _apply(self, fn, recurse=True):
+        # Every move or cast (.to, .cuda, .half, ...) passes here.
+        super()._apply(fn, recurse)
+        self._choose_backend()
         return self
 
     @property
@@ -266,15 +278,15 @@ class MSRASR(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); H, W multiples of ``window_size``."""
         t = self.patch_norm(x.permute(0, 2, 3, 1))
         b, h, w, _ = t.shape
-        mask = shift_mask(b, h, w, self.window_size, self.window_size // 2, x.device, x.dtype,
-                          grouped=self.attn_impl == 'fused')
+        layouts = [window_layout(b, h, w, window_size=self.window_size, shift=shift, device=x.device, dtype=x.dtype,
+                                 grouped=self.attn_impl == 'fused') for shift in (0, self.window_size // 2)]
         for layer in self.layers:
-            t = layer(t, mask, self.attn_impl)
+            t = layer(t, layouts)
         return self.norm(t).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = (pad_to_multiple(x, self.pad_multiple) - self.mean) * self.img_range
+        x = (pad_to_multiple(x, self.size_requirement.multiple) - self.mean) * self.img_range
         f0 = self.conv_first(x)
         f = self.conv_after_body(self.forward_features(f0)) + f0
         if self.upsampler == 'pixelshuffledirect':

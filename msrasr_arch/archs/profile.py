@@ -1,11 +1,11 @@
 """Parameters and Mult-Adds of a network, counted as the paper counts them."""
-import math
 from typing import Dict
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from msrasr_arch.archs import ARCHS
+from msrasr_arch.archs.size_requirement import size_requirement
 
 PAPER_HR = (720, 1024)  # (H, W) of the HR image the paper's Mult-Adds refer to
 
@@ -27,8 +27,7 @@ def build_on_meta(network_opt: dict) -> torch.nn.Module:
 def lr_size(net: torch.nn.Module, hr=PAPER_HR):
     """The LR input for an HR size: HR // scale, then padded as the network pads it."""
     h, w = hr[0] // net.upscale, hr[1] // net.upscale
-    m = getattr(net, 'pad_multiple', 1)
-    return (h, w), (math.ceil(h / m) * m, math.ceil(w / m) * m)
+    return (h, w), size_requirement(net).padded(h, w)
 
 
 def mult_adds(net: torch.nn.Module, size, attn_impl: str = 'reference') -> float:

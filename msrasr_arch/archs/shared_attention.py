@@ -16,16 +16,9 @@ Two exact implementations:
   built: every layer is one ``scaled_dot_product_attention`` call. A chain (depth > 4) nests the
   construction again, which stays exact at the window borders where composing kernels would not.
 
-What makes ``fused`` fast on CPU (measured with 64 windows x 6 heads x 256 tokens, 2 threads):
-
-* SDPA's fused CPU kernel is used only for 4-D inputs, a 4-D mask and equal q/v widths, and is fastest at
-  head widths that are multiples of 16 floats; CUDA's memory-efficient kernel needs multiples of 8
-  (:func:`fused_width`). q, k and v come out of the projections already padded with zeros (zero weight
-  rows), which changes no dot product.
-* Shifted windows arrive in the grouped layout of :class:`~msrasr_arch.archs.window.ShiftMask`: one
-  attention call per group of windows sharing a mask, on a contiguous slice, with no gathers.
-* In CPU training (the position bias needs a gradient, which the fused kernel does not give) attention is
-  explicit, per group, in chunks of windows, with no map stored (:mod:`.chunked_attention`).
+How the fused form runs (SDPA's kernels, the chunked CPU training path, head widths padded with zero
+weight rows) is decided once per device and mode by :mod:`.backend`; which windows attend
+together, and with which shift masks, by the :class:`~.window.WindowLayout` the layer passes in.
 """
 from typing import NamedTuple, Optional
 
@@ -33,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .chunked_attention import chunked_attention
-from .sdpa import sdpa
+from .backend import REFERENCE, Backend, attend
+from .depthwise import depthwise_conv2d
 from .swin_blocks import trunc_normal_
-from .window import ShiftMask, exporting, relative_position_index
+from .window import WindowLayout, relative_position_index
 
 ATTN_IMPLS = ('fused', 'reference')
 
@@ -54,20 +47,21 @@ class SharedLogits(NamedTuple):
     logits: Optional[torch.Tensor] = None
 
 
-def fused_width(e: int, device: torch.device) -> int:
-    """Head width to feed SDPA's fused kernels for a true width ``e``; zero columns change no dot product.
+class _TakeRows(torch.autograd.Function):
+    """``table[index]`` whose backward is one ``index_add_``: autograd's backward of indexing is an
+    accumulating ``index_put_`` that sorts the indices, 3-6 ms for a window-16 bias (65536 rows) on 2 cores
+    against 1.6 ms."""
 
-    * CPU: the fused kernel vectorises over the head dimension in 16-float steps: measured with 64 windows
-      x 6 heads x 256 tokens on 2 AVX-512 cores, e = 10 takes 37 ms, e = 16 21 ms, e = 30 36 ms, e = 32
-      31 ms. So a multiple of 16.
-    * CUDA: with a mask, only the memory-efficient kernel applies (flash takes no mask, cuDNN is left out,
-      see :mod:`.sdpa`), and it refuses head widths that are not a multiple of its GEMM alignment (8 for
-      bf16/fp16, 4 for fp32 on sm80 and newer); refused, SDPA falls back to the math path and builds every
-      N x N map. So a multiple of 8.
-    """
-    # Non-negative operands: traced into ONNX, integer division truncates, it does not floor.
-    step = {'cpu': 16, 'cuda': 8}.get(device.type, 1)
-    return (e + step - 1) // step * step
+    @staticmethod
+    def forward(ctx, table, index):
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, grad.shape[-1]).index_add_(0, index, grad), None
 
 
 def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, width: int) -> torch.Tensor:
@@ -86,35 +80,23 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     ``q``, ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel (times the logit scale).
     ``Q'[i, a]`` is ``q[i + a - r]`` and ``K'[j, a]`` is ``sum_b w[a, b] k[j + b - r]`` (zero outside
     0..N-1), so ``Q' K'^T = F(scale * q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
-    zero in K'; in the inference form of Q' they hold the following rows of q, which meet those zeros.
+    zero in both.
+
+    Q' is one concatenation of row-shifted views of the padded q (a sliding ``unfold`` over the flattened
+    rows is 3x faster but has no ONNX export with free sizes); K' is accumulated over whole contiguous rows
+    of the padded k, then laid out in one copy (computing its ``e``-float blocks one by one does not
+    vectorise). One form for inference, training and graph capture.
     """
     bw, h, n, e = q.shape
     size = w.shape[-1]
     r, wide = size // 2, size * e
-    extra = (width - wide + e - 1) // e  # zero rows to append so that the last Q' row can read ``width`` floats
-    qp = F.pad(q, (0, 0, r, r + extra))  # (bw, h, N + 2r + extra, e), contiguous
-    kp = F.pad(k, (0, 0, r, r))
-    taps = [w[:, :, b].reshape(h, size, 1, 1) for b in range(size)]
-    # The inference form below writes through non-contiguous out= views, which torch.compile cannot trace.
-    if torch.is_grad_enabled() or exporting() or torch.compiler.is_compiling():
-        q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
-        k_out = torch.cat([sum(taps[b][:, a] * kp[..., b:b + n, :] for b in range(size)) for a in range(size)]
-                          + [kp.new_zeros(bw, h, n, width - wide)], -1)
-        return q_out, k_out
-    # Inference: Q' is one copy of a view whose overlapping rows slide by one token over the padded q
-    # (SDPA reads the overlapping view itself 6x slower), and K' is accumulated over whole contiguous
-    # rows, then laid out in one copy (writing its 10-float blocks in place is 4x slower, a conv 2.5x:
-    # nothing vectorises over them).
-    q_out = qp.as_strided((bw, h, n, width), (qp.stride(0), qp.stride(1), e, 1)).contiguous()
-    kp = kp.reshape(bw, h, -1)
-    acc = kp.new_empty(bw, h, size, n * e)
-    for a in range(size):
-        torch.mul(kp[..., :n * e], w[:, a, 0].view(h, 1), out=acc[:, :, a])
-        for b in range(1, size):
-            acc[:, :, a].addcmul_(kp[..., b * e:(b + n) * e], w[:, a, b].view(h, 1))
-    k_out = kp.new_empty(bw, h, n, width)
-    k_out[..., :wide].unflatten(-1, (size, e)).copy_(acc.view(bw, h, size, n, e).transpose(2, 3))
-    k_out[..., wide:] = 0
+    qp = F.pad(q, (0, 0, r, r))
+    q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
+    kp = F.pad(k, (0, 0, r, r)).reshape(bw, h, -1)
+    rows = [kp[..., b * e:(b + n) * e] for b in range(size)]
+    taps = w.unsqueeze(-1)  # (h, size, size, 1)
+    acc = torch.stack([sum(taps[:, a, b] * rows[b] for b in range(size)) for a in range(size)], 2)
+    k_out = F.pad(acc.view(bw, h, size, n, e).transpose(2, 3).reshape(bw, h, n, wide), (0, width - wide))
     return q_out, k_out
 
 
@@ -129,9 +111,10 @@ class SharedWindowAttention(nn.Module):
         transform_kernel: size of ``F`` for an inheriting layer: 0 = identity (plain sharing), 1, 3, 5...
         qkv_bias: bias in the q/k/v projections.
 
-    Shapes: ``forward(x (B*nW, N, C), mask (a :class:`ShiftMask`) or None, shared, impl)`` returns the output
-    ``(B*nW, N, C)`` and the :class:`SharedLogits` for the layer that inherits from this one. The windows of
-    ``x`` are in raster order, or in the mask's grouped order when it has groups (the output keeps it).
+    Shapes: ``forward(x (B*nW, N, C), layout (:class:`~.window.WindowLayout`), shared)`` returns the
+    output ``(B*nW, N, C)`` and the :class:`SharedLogits` for the layer that inherits from this one. The
+    windows of ``x`` are in the layout's order (the output keeps it). ``backend`` (set by the network, see
+    :mod:`.backend`) decides how it runs: the reference form or the fused one.
     """
 
     def __init__(self, *, dim: int, num_heads: int, window_size: int, computes: bool,
@@ -160,6 +143,7 @@ class SharedWindowAttention(nn.Module):
                 self.transform = nn.Conv2d(num_heads, num_heads, transform_kernel, padding=transform_kernel // 2,
                                            groups=num_heads)
         self.proj = nn.Linear(dim, dim)
+        self.backend: Backend = REFERENCE
 
     def reset_transform(self) -> None:
         """Set ``F`` to the identity (centre tap 1, bias 0)."""
@@ -173,109 +157,60 @@ class SharedWindowAttention(nn.Module):
     def position_bias(self) -> torch.Tensor:
         """``(h, N, N)`` relative-position bias of a computing layer."""
         n = self.window_size**2
-        table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        table = _TakeRows.apply(self.relative_position_bias_table, self.relative_position_index.view(-1))
         return table.view(n, n, -1).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: torch.Tensor, mask: Optional[ShiftMask], shared: Optional[SharedLogits],
-                impl: str = 'fused'):
-        bw, n, c = x.shape
-        h, d = self.num_heads, self.head_dim
+    def forward(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         if not self.computes and shared is None:
             raise RuntimeError('an inheriting attention layer needs the shared map of the layer two before')
-        if impl == 'reference':
-            if self.computes:
-                q, k, v = self.qkv(x).view(bw, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-                state = SharedLogits(logits=(q * self.scale) @ k.transpose(-2, -1) + self.position_bias().to(x.dtype))
-            else:
-                v = self.v(x).view(bw, n, h, d).transpose(1, 2)
-                state = shared if self.transform is None else SharedLogits(logits=self.transform(shared.logits))
-            logits = state.logits
-            if mask is not None:
-                nw = mask.mask.shape[0]
-                logits = (logits.view(bw // nw, nw, h, n, n) + mask.mask[None, :, None]).view(bw, h, n, n)
-            out = logits.softmax(dim=-1) @ v
-            return self.proj(out.transpose(1, 2).reshape(bw, n, c)), state
-
+        if self.backend.reference:
+            return self._reference(x, layout, shared)
+        bw, n, _ = x.shape
+        h, d, backend = self.num_heads, self.head_dim, self.backend
         if self.computes:
-            bias = self.position_bias().to(x.dtype)
-            explicit = self._explicit(x, bias)
-            width = fused_width(d, x.device)
+            width = backend.width(d)
             qkv = _padded_linear(x, self.qkv, 3 * h, d, width).view(bw, n, 3, h, width)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            state, scale = SharedLogits(q=q[..., :d], k=k[..., :d], bias=bias, scale=self.scale), self.scale
+            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype), scale=self.scale)
+            scale = self.scale
         else:
-            state, q, k, explicit = self._transform(shared, x)
+            state, q, k = self._transform(shared)
             scale = 1.0
-            # The fused CPU kernel takes nothing but equal q/v widths (see _attend): v gets q's padding. The
-            # explicit path has no such rule, and its matmuls are faster at a multiple of 16 as well.
-            width = fused_width(d, x.device) if explicit else q.shape[-1]
+            width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
-        return self.proj(self._attend(q, k, v, state.bias, scale, mask, explicit, d)), state
+        return self.proj(attend(backend, q, k, v, state.bias, scale, layout, d)), state
 
-    def _explicit(self, x: torch.Tensor, bias: torch.Tensor) -> bool:
-        """Whether to attend by :func:`~.chunked_attention.chunked_attention` rather than SDPA's fused kernel.
-
-        On CPU the fused kernel has no gradient for the mask (our trainable position bias), so in training
-        SDPA would take its math path, which stores every N x N map for the backward; the chunked form
-        stores none. The widths stay padded to :func:`fused_width`: the small matmuls are faster at a
-        multiple of 16 floats too (a light x2 training step on 2 cores: 3.8-4.7 s padded, 5.0-6.0 s at widths 10 and 30).
-        """
-        return x.device.type == 'cpu' and torch.is_grad_enabled() and bias.requires_grad
-
-    def _transform(self, shared: SharedLogits, x: torch.Tensor):
-        """Apply ``F`` to an inherited map: the state handed on, the q and k to attend with (scale folded in,
-        padded for the fused kernel) and whether to attend explicitly."""
-        conv = self.transform
-        if conv is None:
-            state, q, k, wide = shared, shared.q * shared.scale, shared.k, shared.q.shape[-1]
+    def _reference(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
+        """The literal form: logits materialised, ``F`` a conv over them, the mask added per window."""
+        bw, n, c = x.shape
+        h, d = self.num_heads, self.head_dim
+        if self.computes:
+            q, k, v = self.qkv(x).view(bw, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            state = SharedLogits(logits=(q * self.scale) @ k.transpose(-2, -1) + self.position_bias().to(x.dtype))
         else:
-            state = SharedLogits(bias=conv(shared.bias.unsqueeze(0)).squeeze(0))
-        explicit = self._explicit(x, state.bias)
+            v = self.v(x).view(bw, n, h, d).transpose(1, 2)
+            state = shared if self.transform is None else SharedLogits(logits=self.transform(shared.logits))
+        logits = state.logits
+        if layout.mask is not None:
+            nw = layout.mask.shape[0]
+            logits = (logits.view(bw // nw, nw, h, n, n) + layout.mask[None, :, None]).view(bw, h, n, n)
+        out = logits.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c)), state
+
+    def _transform(self, shared: SharedLogits):
+        """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (scale folded
+        in, padded to the backend's head width)."""
+        conv, backend = self.transform, self.backend
         if conv is None:
-            width = fused_width(wide, x.device)
+            q, k, wide = shared.q * shared.scale, shared.k, shared.q.shape[-1]
+            width = backend.width(wide)
             if width != wide:
                 q, k = F.pad(q, (0, width - wide)), F.pad(k, (0, width - wide))
-            return state, q, k, explicit
+            return shared, q, k
+        bias = depthwise_conv2d(shared.bias.unsqueeze(0), conv.weight, conv.bias, backend.split_dw_backward).squeeze(0)
         h, e = self.num_heads, shared.q.shape[-1]
         size = conv.kernel_size[0]
         wide = size * e
-        width = fused_width(wide, x.device)
         w = conv.weight.view(h, size, size).to(shared.k.dtype) * shared.scale
-        q, k = _shifted_factors(shared.q, shared.k, w, width)
-        return SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=state.bias, scale=1.0), q, k, explicit
-
-    @staticmethod
-    def _attend(q, k, v, bias, scale: float, mask: Optional[ShiftMask], explicit: bool, d: int) -> torch.Tensor:
-        """Softmax attention of ``q``, ``k`` (bw, h, N, e) and ``v`` (bw, h, N, ev >= d) with additive ``bias``
-        (h, N, N) and the shift mask: the first ``d`` channels of each head's output, token-major
-        ``(bw, N, h * d)``, the layout ``proj`` reads."""
-        bw, h, n, _ = q.shape
-        if explicit:
-            # Scaling q costs N x e, scaling the logits N x N.
-            q = q * scale if scale != 1.0 else q
-            scale = 1.0
-
-            def attend(q, k, v, attn_mask):
-                return chunked_attention(q, k, v, attn_mask)[..., :d]
-        else:
-            # SDPA's fused CPU kernel needs 4-D inputs, a 4-D mask and equal q/v widths; anything else drops
-            # to the math path, which materialises the maps.
-            def attend(q, k, v, attn_mask):
-                return sdpa(q, k, v, attn_mask=attn_mask, scale=scale)[..., :d]
-
-        if mask is not None and not mask.groups:
-            # Raster window order (graph capture): fold the windows into the heads, one (1, nW*h, N, N) mask.
-            nw = mask.mask.shape[0]
-            attn_mask = (bias + mask.mask[:, None]).reshape(1, nw * h, n, n)
-            out = attend(*(t.reshape(bw // nw, nw * h, n, -1) for t in (q, k, v)), attn_mask)
-            return out.reshape(bw, h, n, d).transpose(1, 2).reshape(bw, n, h * d)
-        # Grouped layout (ShiftMask): each group is a contiguous slice of windows sharing one (h, N, N) mask
-        # broadcast over them, so no per-window mask is built, and the output is assembled straight into the
-        # token-major layout proj reads.
-        groups = mask.groups if mask is not None else ((0, bw, None), )
-        outs = []
-        for start, count, window_mask in groups:
-            group = slice(start, start + count)
-            group_bias = bias if window_mask is None else bias + window_mask
-            outs.append(attend(q[group], k[group], v[group], group_bias.unsqueeze(0)).transpose(1, 2))
-        return (torch.cat(outs) if len(outs) > 1 else outs[0]).reshape(bw, n, h * d)
+        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide))
+        return SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias, scale=1.0), q, k

@@ -1,15 +1,16 @@
-"""Window bookkeeping shared by the attention modules: padding, relative positions, the shift mask.
+"""Window bookkeeping: padding, relative positions, and the window layout of a layer.
 
 Tensors in the network body are channels-last images ``(B, H, W, C)``; windows are ``(B * nW, N, C)``
 with ``N = window_size ** 2`` tokens in raster order, SwinIR's layout.
 """
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional, Tuple
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'ShiftMask', 'shift_mask']
+__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'WindowLayout',
+           'window_layout']
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -51,29 +52,66 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
-class ShiftMask(NamedTuple):
-    """The shift mask of a batch and image size, in one of two layouts.
+class _Permute(torch.autograd.Function):
+    """Rows of ``x`` (M, C) taken in the order ``index``; the gradient is the inverse permutation, one
+    ``index_select`` as well (autograd's own backward of ``index_select`` is an accumulating scatter,
+    5-6 ms per shifted layer of a light x2 training step on 2 cores)."""
 
-    A window's mask (0 or -100 between tokens from different sides of the cyclic wrap) depends only on
-    whether it lies in the last window row and/or column, so there are at most four distinct masks.
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
 
-    * Raster (``mask`` set, the rest empty): ``mask`` (nW, N, N) for the windows in the order of
-      :func:`window_partition` after ``torch.roll``. Used by the reference implementation and while a graph
-      is captured.
-    * Grouped (``mask`` None): the ``B * nW`` windows are ordered group by group (interior, last column,
-      last row, corner; batch-major inside a group), so that each group is a contiguous slice that one
-      attention call handles with one broadcast ``(N, N)`` mask, and no per-window mask exists at all
-      (the raster one is 1 GiB for a 1024x1024 input).
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
-      - ``gather`` (B*H*W,): for each token of the grouped windows, its flat index in the *unshifted*
-        ``(B, H, W)`` image, so one ``index_select`` does the roll and the partition together;
-      - ``scatter`` (B*H*W,): the inverse permutation (window reverse and roll back in one ``index_select``);
-      - ``groups``: ``(start, count, mask (N, N) or None for the all-zero interior)``, in windows.
+
+class WindowLayout:
+    """Where the tokens of a ``(B, H, W, C)`` image go among the windows of one kind of layer (regular or
+    shifted by ``shift``), and which additive mask each window needs. Built once per forward and kind.
+
+    A shifted window's mask (0, or -100 between tokens from opposite sides of the cyclic wrap) depends only
+    on whether it lies in the last window row and/or column, so there are at most four distinct masks.
+    Two forms:
+
+    * grouped (eager): the windows are ordered group by group (interior, last column, last row, corner;
+      batch-major inside a group), so each group is a contiguous slice that one attention call handles
+      with one broadcast ``(N, N)`` mask, and no per-window mask exists (the raster one is 1 GiB for a
+      1024x1024 input). Roll + partition, and reverse + roll back, are one row permutation each.
+    * raster (while a graph is captured for every size, and for the reference implementation): windows in
+      :func:`window_partition` order after ``torch.roll``, with one ``(nW, N, N)`` mask.
+
+    Attributes:
+        groups: ``((start, count, mask (N, N) or None), ...)`` in windows, grouped form (``None`` for the
+            all-zero interior); ``()`` in the raster form and for regular windows.
+        mask: ``(nW, N, N)`` in the raster form of a shifted layout, else None.
     """
-    mask: Optional[torch.Tensor]
-    groups: tuple
-    gather: Optional[torch.Tensor]
-    scatter: Optional[torch.Tensor]
+
+    def __init__(self, *, window_size: int, shift: int, hw: Tuple[int, int], groups: tuple = (),
+                 mask: Optional[torch.Tensor] = None, gather: Optional[torch.Tensor] = None,
+                 scatter: Optional[torch.Tensor] = None):
+        self.window_size, self.shift, self.hw = window_size, shift, hw
+        self.groups, self.mask, self._gather, self._scatter = groups, mask, gather, scatter
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B * nW, N, C) in this layout's window order."""
+        c, ws, s = x.shape[-1], self.window_size, self.shift
+        if self._gather is not None:
+            return _Permute.apply(x.reshape(-1, c), self._gather, self._scatter).view(-1, ws * ws, c)
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        return window_partition(x, ws).view(-1, ws * ws, c)
+
+    def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        """(B * nW, N, C) -> (B, H, W, C), the inverse of :meth:`partition`."""
+        c, ws, s = y.shape[-1], self.window_size, self.shift
+        h, w = self.hw
+        if self._scatter is not None:
+            return _Permute.apply(y.reshape(-1, c), self._scatter, self._gather).view(-1, h, w, c)
+        y = window_reverse(y.view(-1, ws, ws, c), ws, h, w)
+        return torch.roll(y, shifts=(s, s), dims=(1, 2)) if s else y
 
 
 def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -89,9 +127,8 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
-@functools.lru_cache(maxsize=16)
 def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype,
-             inference: bool):
+             inference: bool) -> WindowLayout:
     # `inference` only keys the cache: tensors made under torch.inference_mode (spandrel and ComfyUI run
     # models in it) cannot enter a later forward that autograd records.
     # The four masks, from a 2 x 2-window image: interior, last column, last row, corner.
@@ -113,32 +150,36 @@ def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch
     gather = torch.cat(members)
     scatter = torch.empty_like(gather)
     scatter[gather] = torch.arange(len(gather))
-    return ShiftMask(None, tuple(groups), gather.to(device), scatter.to(device))
+    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w), groups=tuple(groups),
+                        gather=gather.to(device), scatter=scatter.to(device))
 
 
-def exporting() -> bool:
-    """True while tracing or exporting (ONNX): sizes are symbolic and the graph must serve every size, so
-    nothing may be specialised on them (the window groups, whose count and indices depend on the size).
-    ``torch.compile`` is not included: it specialises on sizes and guards them itself."""
+_grouped_cached = functools.lru_cache(maxsize=16)(_grouped)
+
+
+def capturing_for_all_sizes() -> bool:
+    """True while tracing or exporting (ONNX): the graph must then serve every size, so nothing may be
+    specialised on it (the window groups, whose count and indices depend on the size)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def static_sizes(*sizes) -> bool:
-    """False for symbolic sizes (``torch.compile`` after a size change recompiles with ``SymInt`` sizes):
-    the grouped layout's Python-level structure cannot be guarded on them."""
-    return all(isinstance(s, int) for s in sizes)
+def window_layout(b, h, w, *, window_size: int, shift: int, device, dtype, grouped: bool = True) -> WindowLayout:
+    """The :class:`WindowLayout` of a ``b x h x w`` batch (h, w multiples of ``window_size``).
 
-
-def shift_mask(b: int, h: int, w: int, window_size: int, shift: int, device, dtype, grouped: bool = True) -> ShiftMask:
-    """The additive mask for cyclically shifted windows of a ``b x h x w`` batch (see :class:`ShiftMask`).
-
-    The grouped layout is cached per size, device, dtype and inference mode (built anew while compiling):
-    every shifted layer of a forward, and every forward at the same size, reuses the same tensors; callers
-    must not modify them. The raster layout (``grouped=False``, and always while tracing or exporting, or when
-    ``torch.compile`` passes symbolic sizes) is built anew.
+    This is the one place that asks how the forward runs. The grouped form is built for static sizes in
+    eager mode and under ``torch.compile`` (inside the graph there, uncached); it is cached per size,
+    device, dtype and inference mode, so every layer and every forward at one size share its tensors
+    (callers must not modify them). The raster form is used for ``grouped=False`` (the reference
+    implementation), while tracing or exporting, and for the symbolic sizes ``torch.compile`` passes after
+    a size change.
     """
-    if grouped and not exporting() and static_sizes(b, h, w):
+    if not shift:
+        return WindowLayout(window_size=window_size, shift=0, hw=(h, w))
+    static = all(isinstance(s, int) for s in (b, h, w))
+    if grouped and static and not capturing_for_all_sizes():
         if torch.compiler.is_compiling():
-            return _grouped.__wrapped__(b, h, w, window_size, shift, torch.device(device), dtype, False)
-        return _grouped(b, h, w, window_size, shift, torch.device(device), dtype, torch.is_inference_mode_enabled())
-    return ShiftMask(_mask(h, w, window_size, shift, torch.device(device), dtype), (), None, None)
+            return _grouped(b, h, w, window_size, shift, torch.device(device), dtype, False)
+        return _grouped_cached(b, h, w, window_size, shift, torch.device(device), dtype,
+                               torch.is_inference_mode_enabled())
+    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w),
+                        mask=_mask(h, w, window_size, shift, torch.device(device), dtype))

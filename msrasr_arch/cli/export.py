@@ -34,7 +34,8 @@ def run(args) -> int:
                         'pip install "msrasr_arch[export]"') from None
 
     from msrasr_arch.inference.network import build_network
-    from msrasr_arch.inference.onnx_export import check_model, compare_onnx, export_onnx, model_size_mb
+    from msrasr_arch.inference.onnx_export import (check_model, check_sizes, compare_onnx, export_onnx,
+                                                   model_size_mb)
     from msrasr_arch.utils.checkpoint import save_checkpoint
 
     name = args.name or os.path.splitext(os.path.basename(args.weights))[0]
@@ -59,8 +60,7 @@ def run(args) -> int:
 
     method = export_onnx(net, targets[1], opset=args.opset, method=args.method)
     check_model(targets[1])
-    multiple = int(getattr(net, 'pad_multiple', 8))
-    sizes = [(multiple + 5, 2 * multiple - 3), (2 * multiple, 3 * multiple + 7)]
+    sizes = check_sizes(net)
     diffs = compare_onnx(net, targets[1], sizes)
     report = ', '.join(f'{h}x{w}: {d:.1e}' for (h, w), d in zip(sizes, diffs))
     print(f'ONNX model: {targets[1]} ({model_size_mb(targets[1]):.1f} MB, opset {args.opset}, {method}; '

@@ -14,16 +14,17 @@ cannot record, both handled here:
   and high always work (PyTorch falls back to edge replication below that; the graph cannot).
 
 While a graph is captured the network builds its shift mask from the traced sizes and attends all
-windows in one call (``msrasr_arch.archs.window.exporting``), so nothing size-specific is frozen.
+windows in one call (``msrasr_arch.archs.window.capturing_for_all_sizes``), so nothing size-specific is frozen.
 ``torch.export`` (``dynamo=True``) is tried second, since newer PyTorch may drop the tracer.
 """
 import os
 import warnings
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from msrasr_arch.archs.size_requirement import size_requirement
 from msrasr_arch.utils.atomic import atomic_path
 from msrasr_arch.utils.errors import UserError
 
@@ -34,6 +35,14 @@ def _example_size(multiple: int) -> Tuple[int, int]:
     # Not a multiple of the window in either direction (so the padding branch is traced), and not square
     # (so height and width cannot be confused in the graph).
     return 2 * multiple + 3, 3 * multiple - 5 if multiple > 5 else 3 * multiple + 1
+
+
+def check_sizes(net: torch.nn.Module) -> List[Tuple[int, int]]:
+    """Two (H, W) to compare an exported `net` with PyTorch at (:func:`compare_onnx`): the first needs
+    padding in both directions, the second in width only, so the graph is checked with and without a
+    height pad."""
+    m = size_requirement(net).multiple
+    return [(m + 5, 2 * m - 3), (2 * m, 3 * m + 7)]
 
 
 def _export(net, path: str, example: torch.Tensor, opset: int, dynamo: bool) -> None:
@@ -56,8 +65,7 @@ def export_onnx(net: torch.nn.Module, path: str, opset: int = DEFAULT_OPSET, met
     if opset < 17:
         raise UserError(f'opset {opset} is too old: scaled_dot_product_attention and LayerNorm need >= 17')
     net = net.eval().to('cpu', torch.float32)
-    multiple = int(getattr(net, 'pad_multiple', getattr(net, 'window_size', 8)))
-    example = torch.rand(1, getattr(net, 'in_chans', 3), *_example_size(multiple))
+    example = torch.rand(1, getattr(net, 'in_chans', 3), *_example_size(size_requirement(net).multiple))
     methods = ('trace', 'dynamo') if method == 'auto' else (method, )
     errors = []
     for name in methods:

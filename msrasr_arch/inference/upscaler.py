@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from msrasr_arch.archs.size_requirement import size_requirement
 from msrasr_arch.archs.window import pad_to_multiple
 from msrasr_arch.inference.device import resolve_device, resolve_precision
 from msrasr_arch.inference.image_io import image_mode
@@ -70,7 +71,7 @@ class Upscaler:
         # attends over different pixel sets everywhere, not only near its edges (measured: 36 dB against
         # the whole image instead of 56 dB). So tile and overlap are multiples of the network's padding
         # multiple and the image is padded the way the network pads it.
-        self.align = int(getattr(net, 'pad_multiple', getattr(net, 'window_size', 1)) or 1)
+        self.align = size_requirement(net).multiple
         self.tile, self.tile_overlap = None, 0
         if tile is not None:
             # Same rule as the model class's val.tile: the tile rounds down (it bounds memory), the overlap

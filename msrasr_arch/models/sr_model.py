@@ -16,21 +16,12 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
+from msrasr_arch.archs.size_requirement import size_requirement
 from msrasr_arch.archs.window import pad_to_multiple
 from msrasr_arch.utils.atomic import remove_partial_files
 from msrasr_arch.utils.checkpoint import load_checkpoint, load_into, save_verified
 from msrasr_arch.utils.errors import UserError
 from msrasr_arch.utils.tiling import self_ensemble, tile_forward
-
-
-def pad_multiple_of(net, default=1):
-    """The input-size multiple a network needs: ``pad_multiple``, else ``window_size``, else ``default``
-    (BasicSR's SwinIR keeps its window size only in the option file)."""
-    for attr in ('pad_multiple', 'window_size'):
-        value = getattr(net, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
 
 
 def padded_forward(net, img, multiple, scale):
@@ -109,7 +100,7 @@ class MSRASRModel(SRModel):
 
     def _upscale(self, net, lq):
         scale = int(self.opt.get('scale', getattr(net, 'upscale', 1)))
-        multiple = pad_multiple_of(net, default=int(self.opt['network_g'].get('window_size', 1)))
+        multiple = size_requirement(net).multiple
         tiling = self._tile_settings(multiple)
 
         def forward(x):

@@ -1,0 +1,67 @@
+"""Where a training step's time goes: PyTorch's profiler over one step of MSRA-SR-light x2 and of BasicSR's
+SwinIR-light x2, operator by operator.
+
+    python benchmarks/profile_step.py                      # LR patches 16, 32, 64; batch 4; 2 threads
+    python benchmarks/profile_step.py --patches 64 --rows 25 --shapes
+
+One step is forward, L1 backward and Adam, as in ``benchmarks/speed.py``; two steps warm up first. Each
+table lists the operators by their own CPU time (``--shapes`` splits them by input shape). Profiling
+slows small operators, so read the tables for where time goes and ``benchmarks/speed.py`` for ratios.
+Run it on quiet cores: MSRA-SR's many small operators suffer most when another process competes.
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import build  # noqa: E402  (also registers the archs and applies the torchvision shim)
+
+
+def step_fn(net, patch, batch):
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.rand(batch, 3, patch, patch)
+    y = torch.rand(batch, 3, 2 * patch, 2 * patch)
+
+    def step():
+        loss = (net(x) - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--patches', type=int, nargs='+', default=[16, 32, 64])
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--rows', type=int, default=15)
+    parser.add_argument('--shapes', action='store_true', help='split operators by input shape')
+    parser.add_argument('--models', nargs='+', default=['msrasr-multibranch', 'swinir'],
+                        choices=['msrasr-multibranch', 'swinir'])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for patch in args.patches:
+        for model in args.models:
+            torch.manual_seed(0)
+            net = build('msrasr' if model.startswith('msrasr') else 'swinir', 'light', False, patch).train()
+            step = step_fn(net, patch, args.batch)
+            for _ in range(2):
+                step()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+                step()
+            events = prof.key_averages(group_by_input_shape=args.shapes)
+            calls = sum(e.count for e in events if e.key.startswith('aten::'))
+            total = sum(e.self_cpu_time_total for e in events) / 1e6
+            print(f'## {model}, LR patch {patch}, batch {args.batch}: {total:.2f} s of CPU time, '
+                  f'{calls} aten calls', flush=True)
+            print(events.table(sort_by='self_cpu_time_total', row_limit=args.rows, max_name_column_width=40,
+                               max_shapes_column_width=80), flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,31 @@
+"""glibc's malloc told to keep freed memory in a training process (msrasr_arch.utils.cpu_memory)."""
+import platform
+import subprocess
+import sys
+
+
+def test_keep_freed_memory_takes_on_glibc():
+    """On glibc both thresholds are accepted; elsewhere the call says no rather than failing. Run in a child
+    so the test process keeps its allocator settings."""
+    code = 'from msrasr_arch.utils.cpu_memory import keep_freed_memory; print(keep_freed_memory())'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
+    glibc = sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'
+    assert out == str(glibc)
+
+
+def test_train_pipeline_sets_it(monkeypatch, tmp_path):
+    """`basicsr train` sets it before BasicSR's pipeline runs; `basicsr test` does not."""
+    import basicsr.test
+    import basicsr.train
+
+    from msrasr_arch.cli import basicsr_cmd
+    from msrasr_arch.utils import cpu_memory, train_options
+
+    calls = []
+    monkeypatch.setattr(cpu_memory, 'keep_freed_memory', lambda: calls.append('keep') or True)
+    monkeypatch.setattr(train_options, 'load', lambda flags, prog: None)
+    monkeypatch.setattr(basicsr.train, 'train_pipeline', lambda root: calls.append('train'))
+    monkeypatch.setattr(basicsr.test, 'test_pipeline', lambda root: calls.append('test'))
+    basicsr_cmd.run_pipeline('test', ['-opt', 'x.yml'], root=str(tmp_path))
+    basicsr_cmd.run_pipeline('train', ['-opt', 'x.yml'], root=str(tmp_path))
+    assert calls == ['test', 'keep', 'train']
