@@ -4,9 +4,10 @@ A training step frees hundreds of megabytes (activations, attention probabilitie
 again in the next step. By default glibc gives freed memory at the top of its heap back to the system,
 and serves blocks above its mmap threshold with fresh mappings, so every step touches new pages, and a
 page fault is expensive on a virtual machine. With the trim threshold at 1 GiB and the mmap threshold
-at its 32 MiB ceiling, freed memory is reused: a light x2 training step at batch 4 of 16x16 LR patches
-(the quick start's) took 0.41 s instead of 0.62 s on a 2-core AMD EPYC VM, and BasicSR's SwinIR-light
-gains as much (``benchmarks/speed.py --keep-freed-memory``). The price is a resident size that stays
+at its 32 MiB ceiling, freed memory is reused: on a 2-core AMD EPYC VM a light x2 training step at batch
+4 of 16x16 LR patches (the quick start's) took 395-431 ms instead of 484-561 ms, and BasicSR's
+SwinIR-light's 242-284 ms instead of 291-370 ms (``benchmarks/speed.py --keep-freed-memory``, alternating
+runs; docs/speed.md); at 32x32 patches nothing changed. The price is a resident size that stays
 at its peak, which a training process reaches every step anyway.
 """
 import ctypes
