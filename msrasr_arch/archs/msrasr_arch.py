@@ -278,8 +278,10 @@ class MSRASR(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); H, W multiples of ``window_size``."""
         t = self.patch_norm(x.permute(0, 2, 3, 1))
         b, h, w, _ = t.shape
-        layouts = [window_layout(b, h, w, window_size=self.window_size, shift=shift, device=x.device, dtype=x.dtype,
-                                 grouped=self.attn_impl == 'fused') for shift in (0, self.window_size // 2)]
+        ws, grouped = self.window_size, self.attn_impl == 'fused'
+        layouts = (window_layout(b, h, w, window_size=ws, shift=0, device=x.device, dtype=x.dtype, grouped=grouped),
+                   window_layout(b, h, w, window_size=ws, shift=ws // 2, device=x.device, dtype=x.dtype,
+                                 grouped=grouped))
         for layer in self.layers:
             t = layer(t, layouts)
         return self.norm(t).permute(0, 3, 1, 2)
