@@ -112,11 +112,11 @@ def attend(backend: Backend, q, k, v, bias, scale: float, layout, d: int) -> tor
     # Grouped layout: each group is a contiguous slice of windows sharing one (h, N, N) mask broadcast over
     # them, so no per-window mask is built, and the output is assembled straight into the token-major
     # layout proj reads. Regular windows are one group without a mask.
-    groups = layout.groups or ((0, bw, None), )
     if backend.name == 'chunked':
         # All groups in one call: slicing q, k and v per group would cost each group a zero-filled
         # full-size gradient in the backward.
-        return kernel(q, k, v, bias.unsqueeze(0), groups).transpose(1, 2).reshape(bw, n, h * d)
+        return kernel(q, k, v, bias.unsqueeze(0), layout.groups).transpose(1, 2).reshape(bw, n, h * d)
+    groups = layout.groups or ((0, bw, None), )
     outs = []
     for start, count, window_mask in groups:
         group = slice(start, start + count)

@@ -59,8 +59,7 @@ class MSTBLayer(nn.Module):
                  attn_transform_kernel: int, csa_dim: int, csa_scales: Sequence[int], mlp_ratio: float,
                  ms_kernels: Sequence[int], ca_reduction: int, drop_path: float, deploy: bool):
         super().__init__()
-        self.window_size = window_size
-        self.shift = window_size // 2 if shifted else 0
+        self.shifted = shifted  # which of the forward's two window layouts this layer attends in
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SharedWindowAttention(dim=dim, num_heads=num_heads, window_size=window_size,
                                           computes=computes_attn, transform_kernel=attn_transform_kernel)
@@ -76,7 +75,7 @@ class MSTBLayer(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, layouts, shared: Optional[SharedLogits]):
-        layout = layouts[1 if self.shift else 0]
+        layout = layouts[1 if self.shifted else 0]
         y, state = self.attn(layout.partition(self.norm1(x)), layout, shared)
         y = layout.reverse(y)
         x = x + self.drop_path(y)
