@@ -31,6 +31,11 @@ import subprocess
 import sys
 import time
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 import torch
 
 import msrasr_arch  # noqa: F401  (registers the archs, applies the torchvision shim)
@@ -80,8 +85,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns, runs, device, warmup=2):
-    """``{name: [seconds per run]}``, running each ``fns[name]()`` once per round, in alternating order."""
+def minor_faults() -> int:
+    """Page faults this process has taken that needed no disk (fresh pages of memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def interleaved_times(fns, runs, device, warmup=2, faults=None):
+    """``{name: [seconds per run]}``, running each ``fns[name]()`` once per round, in alternating order.
+    ``faults``: a dict that receives ``{name: [page faults per run]}``."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -90,10 +101,12 @@ def interleaved_times(fns, runs, device, warmup=2):
     times = {name: [] for name in names}
     for r in range(runs):
         for name in (names if r % 2 == 0 else names[::-1]):
-            t = time.perf_counter()
+            f, t = minor_faults(), time.perf_counter()
             fns[name]()
             sync(device)
             times[name].append(time.perf_counter() - t)
+            if faults is not None:
+                faults.setdefault(name, []).append(minor_faults() - f)
     return times
 
 
@@ -235,10 +248,22 @@ def ffn_benchmark(args, device, dtype):
           f'{after * 1e3:.1f} ms ({before / after:.2f}x faster; max abs diff {diff:.1e}); paper: 0.15 s -> 0.02 s')
 
 
-def progress(results, key):
-    """One line on stderr as each column completes, so a run cut short by a time limit still reports."""
-    print(f'# {key}: ' + ', '.join(f'{m} {statistics.median(r[key]) * 1e3:.1f}ms' for m, r in results.items()),
+def progress(results, key, faults):
+    """One line on stderr as each column completes, so a run cut short by a time limit still reports; with
+    the median page faults per run (a fault on fresh memory is expensive on a VM, and glibc's defaults hand
+    freed memory back to the system, see ``--keep-freed-memory``)."""
+    print(f'# {key}: ' + ', '.join(f'{m} {statistics.median(r[key]) * 1e3:.1f}ms' for m, r in results.items())
+          + '; page faults per run: ' + ', '.join(f'{m} {statistics.median(f):.0f}' for m, f in faults.items()),
           file=sys.stderr, flush=True)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the header of a run."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main():
@@ -282,13 +307,7 @@ def main():
     except ImportError as e:
         parser.error(str(e))
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu}, {args.threads} threads'
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu_name()}, {args.threads} threads'
     print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
           f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}'
           f'{", freed memory kept" if args.keep_freed_memory else ""}')
@@ -314,17 +333,17 @@ def main():
         keys += [f'mem_infer@{s}' for s in args.sizes] + mem_train
     results = {model: {} for model in args.models}  # key -> list of per-run seconds (or MiB)
     for size in args.sizes:
-        fns = {model: infer_fn(model, args, size, device, dtype) for model in args.models}
-        for model, times in interleaved_times(fns, args.runs, device).items():
+        fns, faults = {model: infer_fn(model, args, size, device, dtype) for model in args.models}, {}
+        for model, times in interleaved_times(fns, args.runs, device, faults=faults).items():
             results[model][f'infer@{size}'] = times
         del fns
-        progress(results, f'infer@{size}')
+        progress(results, f'infer@{size}', faults)
     for patch in train:
-        fns = {model: train_fn(model, args, patch, device, dtype) for model in args.models}
-        for model, times in interleaved_times(fns, args.runs, device).items():
+        fns, faults = {model: train_fn(model, args, patch, device, dtype) for model in args.models}, {}
+        for model, times in interleaved_times(fns, args.runs, device, faults=faults).items():
             results[model][f'train@{patch}'] = times
         del fns
-        progress(results, f'train@{patch}')
+        progress(results, f'train@{patch}', faults)
     if not args.no_memory:
         for model in args.models:
             for s in args.sizes:

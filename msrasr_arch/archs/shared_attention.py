@@ -27,7 +27,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backend import REFERENCE, Backend, attend
-from .depthwise import depthwise_conv2d
 from .swin_blocks import trunc_normal_
 from .window import WindowLayout, relative_position_index
 
@@ -37,7 +36,8 @@ ATTN_IMPLS = ('fused', 'reference')
 class SharedLogits(NamedTuple):
     """What a layer hands to the layer that inherits from it (per window, per head).
 
-    ``fused``: ``q`` and ``k`` (B*nW, h, N, e), ``bias`` (h, N, N) and ``scale``: the logits are
+    ``fused``: ``q`` and ``k`` (B*nW, h, N, e), ``bias`` (h, N, N; an inherited one is laid out as the
+    backend's ``map_format``, so a chain's next ``F`` convolves it without a copy) and ``scale``: the logits are
     ``scale * q @ k^T + bias``. ``reference``: ``logits`` (B*nW, h, N, N).
     """
     q: Optional[torch.Tensor] = None
@@ -45,23 +45,6 @@ class SharedLogits(NamedTuple):
     bias: Optional[torch.Tensor] = None
     scale: float = 1.0
     logits: Optional[torch.Tensor] = None
-
-
-class _TakeRows(torch.autograd.Function):
-    """``table[index]`` whose backward is one ``index_add_``: autograd's backward of indexing is an
-    accumulating ``index_put_`` that sorts the indices, 3-6 ms for a window-16 bias (65536 rows) on 2 cores
-    against 1.6 ms."""
-
-    @staticmethod
-    def forward(ctx, table, index):
-        ctx.save_for_backward(index)
-        ctx.rows = table.shape[0]
-        return table.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        index, = ctx.saved_tensors
-        return grad.new_zeros(ctx.rows, grad.shape[-1]).index_add_(0, index, grad), None
 
 
 def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, width: int) -> torch.Tensor:
@@ -155,10 +138,14 @@ class SharedWindowAttention(nn.Module):
                 self.transform.bias.zero_()
 
     def position_bias(self) -> torch.Tensor:
-        """``(h, N, N)`` relative-position bias of a computing layer."""
-        n = self.window_size**2
-        table = _TakeRows.apply(self.relative_position_bias_table, self.relative_position_index.view(-1))
-        return table.view(n, n, -1).permute(2, 0, 1).contiguous()
+        """``(h, N, N)`` relative-position bias of a computing layer, contiguous.
+
+        Gathered along the table's second dimension, so the backward is one ``index_add_`` over rows of
+        ``N * N`` (a gather by rows of ``h`` scatters 65536 short rows one by one, several times slower;
+        ``benchmarks/components.py`` times it with ``F``'s conv)."""
+        n, h = self.window_size**2, self.num_heads
+        index = self.relative_position_index.view(-1)
+        return self.relative_position_bias_table.t().index_select(1, index).view(h, n, n)
 
     def forward(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         if not self.computes and shared is None:
@@ -178,7 +165,7 @@ class SharedWindowAttention(nn.Module):
             scale = 1.0
             width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
-        return self.proj(attend(backend, q, k, v, state.bias, scale, layout, d)), state
+        return self.proj(attend(backend, q, k, v, state.bias.contiguous(), scale, layout, d)), state
 
     def _reference(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         """The literal form: logits materialised, ``F`` a conv over them, the mask added per window."""
@@ -197,6 +184,13 @@ class SharedWindowAttention(nn.Module):
         out = logits.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(bw, n, c)), state
 
+    def transform_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """``F(B)``: the inheriting layer's conv over an ``(h, N, N)`` bias, laid out as the backend's
+        ``map_format``."""
+        conv = self.transform
+        maps = bias.unsqueeze(0).contiguous(memory_format=self.backend.map_format)
+        return F.conv2d(maps, conv.weight, conv.bias, padding=conv.padding, groups=self.num_heads).squeeze(0)
+
     def _transform(self, shared: SharedLogits):
         """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (scale folded
         in, padded to the backend's head width)."""
@@ -207,7 +201,7 @@ class SharedWindowAttention(nn.Module):
             if width != wide:
                 q, k = F.pad(q, (0, width - wide)), F.pad(k, (0, width - wide))
             return shared, q, k
-        bias = depthwise_conv2d(shared.bias.unsqueeze(0), conv.weight, conv.bias, backend.split_dw_backward).squeeze(0)
+        bias = self.transform_bias(shared.bias)
         h, e = self.num_heads, shared.q.shape[-1]
         size = conv.kernel_size[0]
         wide = size * e
