@@ -1,4 +1,4 @@
-"""glibc's malloc told to keep freed memory in a training process (msrasr_arch.utils.cpu_memory)."""
+"""glibc's malloc told to keep freed memory in a training or upscaling process (msrasr_arch.utils.cpu_memory)."""
 import platform
 import subprocess
 import sys
@@ -29,3 +29,29 @@ def test_train_pipeline_sets_it(monkeypatch, tmp_path):
     basicsr_cmd.run_pipeline('test', ['-opt', 'x.yml'], root=str(tmp_path))
     basicsr_cmd.run_pipeline('train', ['-opt', 'x.yml'], root=str(tmp_path))
     assert calls == ['test', 'keep', 'train']
+
+
+def test_upscale_sets_it(monkeypatch, tmp_path):
+    """`msrasr upscale` sets it once its arguments are checked, before the network is loaded."""
+    import cv2
+    import numpy as np
+
+    from msrasr_arch.inference.upscaler import Upscaler
+    from msrasr_arch.utils import cpu_memory
+    from msrasr_cli.main import main
+
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append('load')
+        raise KeyboardInterrupt  # stop here: the rest of the command is tested elsewhere
+
+    monkeypatch.setattr(cpu_memory, 'keep_freed_memory', lambda: calls.append('keep') or True)
+    monkeypatch.setattr(Upscaler, 'from_checkpoint', load)
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    try:
+        main(['upscale', '-i', str(image), '-o', str(tmp_path / 'out'), '--weights', 'w.pth', '--quiet'])
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    assert calls == ['keep', 'load']

@@ -24,7 +24,7 @@ Head widths are padded with zero columns (no dot product changes) to :attr:`Back
 
 CPU training also takes the depth-wise convs' gradients as two depth-wise convs (:mod:`.depthwise`). On the
 CPU, ``F`` convolves the ``(1, h, N, N)`` bias maps channels-last, with oneDNN's own backward: for light
-x2 the position-bias gather and ``F``, forward and backward, take 0.63-0.73x the time of NCHW maps with
+x2 the position-bias gather and ``F``, forward and backward, take 0.63-0.80x the time of NCHW maps with
 the split backward (``benchmarks/components.py``, 2 cores).
 """
 from typing import NamedTuple, Optional

@@ -102,6 +102,9 @@ def run(args) -> int:
     if single:
         check_pixels(inputs[0], args.max_pixels)
     folder = prepare_output_folder(args.output)
+    from msrasr_arch.utils.cpu_memory import keep_freed_memory
+
+    keep_freed_memory()  # tiles and images free and take the same memory again (see cpu_memory)
     upscaler = Upscaler.from_checkpoint(args.weights, opt=args.opt, scale=args.scale, param_key=args.param_key,
                                         device=args.device, precision=args.precision, tile=args.tile or None,
                                         tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
