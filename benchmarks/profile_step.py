@@ -3,6 +3,7 @@ SwinIR-light x2, operator by operator.
 
     python benchmarks/profile_step.py                      # LR patches 16, 32, 64; batch 4; 2 threads
     python benchmarks/profile_step.py --patches 64 --rows 25 --shapes
+    python benchmarks/profile_step.py --keep-freed-memory   # page faults out of the tables (see speed.py)
 
 One step is forward, L1 backward and Adam, as in ``benchmarks/speed.py``; two steps warm up first. Each
 table lists the operators by their own CPU time (``--shapes`` splits them by input shape). Profiling
@@ -18,6 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import build  # noqa: E402  (also registers the archs and applies the torchvision shim)
+
+from msrasr_arch.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
 def step_fn(net, patch, batch):
@@ -43,7 +46,11 @@ def main():
     parser.add_argument('--shapes', action='store_true', help='split operators by input shape')
     parser.add_argument('--models', nargs='+', default=['msrasr-multibranch', 'swinir'],
                         choices=['msrasr-multibranch', 'swinir'])
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help='glibc keeps freed memory, as `basicsr train` sets it: no page faults in the tables')
     args = parser.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error('--keep-freed-memory: this C library does not take the setting (glibc only)')
     torch.set_num_threads(args.threads)
     for patch in args.patches:
         for model in args.models:
