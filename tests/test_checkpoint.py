@@ -6,7 +6,7 @@ import torch
 
 import msrasr_arch  # noqa: F401  (shim + registration before basicsr)
 from msrasr_arch.archs import MSRASR
-from msrasr_arch.inference.arch_from_weights import infer_network_options
+from msrasr_arch.archs.from_weights import infer_network_options
 from msrasr_arch.inference.network import build_network, network_from_options
 from msrasr_arch.utils.atomic import atomic_path
 from msrasr_arch.utils.checkpoint import describe_mismatch, load_checkpoint, load_into, save_checkpoint
