@@ -24,7 +24,7 @@ Head widths are padded with zero columns (no dot product changes) to :attr:`Back
 
 CPU training also takes the depth-wise convs' gradients as two depth-wise convs (:mod:`.depthwise`). On the
 CPU, ``F`` convolves the ``(1, h, N, N)`` bias maps channels-last, with oneDNN's own backward: for light
-x2 the position-bias gather and ``F``, forward and backward, take 0.63-0.80x the time of NCHW maps with
+x2 the position-bias gather and ``F``, forward and backward, take 0.60-0.80x the time of NCHW maps with
 the split backward (``benchmarks/components.py``, 2 cores).
 """
 from typing import NamedTuple, Optional
@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .chunked_attention import chunked_attention
+from .chunked_attention import chunked_attention, group_masks
 
 __all__ = ['Backend', 'choose_backend', 'attend']
 
@@ -128,8 +128,7 @@ def attend(backend: Backend, q, k, v, bias, scale: float, layout, d: int) -> tor
         return kernel(q, k, v, bias.unsqueeze(0), layout.groups).transpose(1, 2).reshape(bw, n, h * d)
     groups = layout.groups or ((0, bw, None), )
     outs = []
-    for start, count, window_mask in groups:
+    for (start, count, _), group_bias in zip(groups, group_masks(bias, groups)):
         group = slice(start, start + count)
-        group_bias = bias if window_mask is None else bias + window_mask
         outs.append(kernel(q[group], k[group], v[group], group_bias.unsqueeze(0)).transpose(1, 2))
     return (torch.cat(outs) if len(outs) > 1 else outs[0]).reshape(bw, n, h * d)

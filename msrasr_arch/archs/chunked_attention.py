@@ -35,6 +35,11 @@ def _chunks(q: torch.Tensor, keys: int, groups):
     return min(step, max(count for _, count, _ in groups)), chunks
 
 
+def group_masks(bias: torch.Tensor, groups) -> list:
+    """The additive mask of each group: ``bias`` plus the group's shift mask (``bias`` itself where none)."""
+    return [bias if extra is None else bias + extra for _, _, extra in groups]
+
+
 def _probabilities(q, k, mask, c: slice, out: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T + mask)`` of the windows ``c``, the logits computed in ``out``."""
     s = torch.matmul(q[c], k[c].transpose(-2, -1), out=out)
@@ -48,7 +53,7 @@ class _ChunkedAttention(torch.autograd.Function):
         b, h, n, _ = q.shape
         out = q.new_empty(b, h, n, v.shape[-1])
         step, chunks = _chunks(q, k.shape[-2], groups)
-        masks = [bias if extra is None else bias + extra for _, _, extra in groups]
+        masks = group_masks(bias, groups)
         keep = b * h * n * k.shape[-2] * q.element_size() <= KEEP_BYTES
         buf = q.new_empty(step, h, n, k.shape[-2])
         kept = []
@@ -70,7 +75,7 @@ class _ChunkedAttention(torch.autograd.Function):
         # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dout * out).
         rows = (dout * out).sum(-1, keepdim=True)
         step, chunks = _chunks(q, k.shape[-2], groups)
-        masks = None if kept else [bias if extra is None else bias + extra for _, _, extra in groups]
+        masks = None if kept else group_masks(bias, groups)
         buf_s = None if kept else q.new_empty(step, *q.shape[1:3], k.shape[-2])
         buf_d = q.new_empty(step, *q.shape[1:3], k.shape[-2])
         for i, (c, g) in enumerate(chunks):
