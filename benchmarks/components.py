@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch.nn import functional as F
@@ -28,7 +27,7 @@ from msrasr_arch.archs.depthwise import depthwise_conv2d, depthwise_weight_grad 
 from msrasr_arch.archs.shared_attention import SharedWindowAttention  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import cpu_name  # noqa: E402
+from speed import cpu_name, interleaved_times  # noqa: E402
 
 
 class _RowGather(torch.autograd.Function):
@@ -47,17 +46,10 @@ class _RowGather(torch.autograd.Function):
 
 
 def compare(forms, rounds, reps=3):
-    """Median ms per call of each form, timed in interleaved rounds."""
-    for run in forms.values():
-        run()
-    times = {name: [] for name in forms}
-    for _ in range(rounds):
-        for name, run in forms.items():
-            start = time.perf_counter()
-            for _ in range(reps):
-                run()
-            times[name].append((time.perf_counter() - start) / reps * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median ms per call of each form, timed in interleaved rounds of ``reps`` calls."""
+    batches = {name: (lambda run=run: [run() for _ in range(reps)]) for name, run in forms.items()}
+    times = interleaved_times(batches, rounds, torch.device('cpu'), warmup=1)
+    return {name: statistics.median(t) / reps * 1e3 for name, t in times.items()}
 
 
 def report(title, forms, results, rounds):
