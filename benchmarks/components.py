@@ -8,6 +8,10 @@ interleaved rounds, median milliseconds of forward + backward.
   training step of light x2 uses them (window 16, 6 heads), against the previous form: the table gathered
   by rows (65536 rows of 6), the maps made contiguous, ``F`` on NCHW maps with its gradients as two
   depth-wise convs.
+* ``Q' and K'``: an inheriting layer's factors at window 16, 6 heads of 10 channels padded to 32, from the
+  token-major q and k of 64 windows (batch 4 of 64x64 LR patches), forward alone (inference) and forward
+  + backward (training), against the previous form: each ``K'`` block a sum of products started from 0,
+  stacked, transposed and padded in three copies, all gradients through autograd.
 * ``depth-wise weight gradient``: 7x7 over a channels-last (4, 120, P, P) map, the FFN's, with the batch
   folded into the channels image-major (current) against channel-major after padding (previous).
 
@@ -24,7 +28,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msrasr_arch.archs.backend import choose_backend  # noqa: E402
 from msrasr_arch.archs.depthwise import depthwise_conv2d, depthwise_weight_grad  # noqa: E402
-from msrasr_arch.archs.shared_attention import SharedWindowAttention  # noqa: E402
+from msrasr_arch.archs.shared_attention import SharedWindowAttention, _shifted_factors  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import cpu_name, interleaved_times  # noqa: E402
@@ -43,6 +47,21 @@ class _RowGather(torch.autograd.Function):
     def backward(ctx, grad):
         index, = ctx.saved_tensors
         return grad.new_zeros(ctx.rows, grad.shape[-1]).index_add_(0, index, grad), None
+
+
+def _previous_factors(q, k, w, width):
+    """Q' and K' as built before (the K' layout in three copies, gradients through autograd)."""
+    bw, h, n, e = q.shape
+    size = w.shape[-1]
+    r, wide = size // 2, size * e
+    qp = F.pad(q, (0, 0, r, r))
+    q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
+    kp = F.pad(k, (0, 0, r, r)).reshape(bw, h, -1)
+    rows = [kp[..., b * e:(b + n) * e] for b in range(size)]
+    taps = w.unsqueeze(-1)
+    acc = torch.stack([sum(taps[:, a, b] * rows[b] for b in range(size)) for a in range(size)], 2)
+    k_out = F.pad(acc.view(bw, h, size, n, e).transpose(2, 3).reshape(bw, h, n, wide), (0, width - wide))
+    return q_out, k_out
 
 
 def compare(forms, rounds, reps=3):
@@ -86,6 +105,34 @@ def bias_maps(rounds):
            rounds)
 
 
+def shifted_factors(rounds):
+    torch.manual_seed(0)
+    bw, h, n, e, width = 64, 6, 256, 10, 32
+    qkv = torch.randn(bw, n, 3, h, 16, requires_grad=True)
+    w = (torch.randn(h, 3, 3) * 0.1).requires_grad_()
+    grads = (torch.randn(bw, h, n, width), torch.randn(bw, h, n, width))
+
+    def factors(form):
+        q, k = qkv[..., :2, :, :e].permute(2, 0, 3, 1, 4).unbind(0)
+        return form(q, k, w, width)
+
+    def train(form):
+        return torch.autograd.grad(factors(form), (qkv, w), grads)
+
+    def infer(form):
+        with torch.no_grad():
+            return factors(form)
+
+    report("Q' and K', forward (inference)", {
+        'current': lambda: infer(lambda *a: _shifted_factors(*a, written_backward=False)),
+        'previous': lambda: infer(_previous_factors)
+    }, (infer(_shifted_factors), infer(_previous_factors)), rounds)
+    report("Q' and K', forward + backward (training)", {
+        'current': lambda: train(_shifted_factors),
+        'previous': lambda: train(_previous_factors)
+    }, (train(_shifted_factors), train(_previous_factors)), rounds)
+
+
 def weight_grad(rounds, patch):
     torch.manual_seed(0)
     x = torch.randn(4, patch, patch, 120).permute(0, 3, 1, 2)
@@ -116,6 +163,7 @@ def main():
     print(f'# torch {torch.__version__}, {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), '
           f'{torch.get_num_threads()} threads, fp32')
     bias_maps(args.rounds)
+    shifted_factors(args.rounds)
     for patch in (16, 64):
         weight_grad(args.rounds, patch)
 

@@ -343,6 +343,24 @@ def test_shifted_factors_equal_f_of_logits():
         assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
 
 
+@pytest.mark.parametrize('written_backward', [True, False])
+@pytest.mark.parametrize('size', [1, 3, 5])
+def test_shifted_factors_gradients(size, written_backward):
+    """Q' and K''s gradients against finite differences (float64), for q, k and F's kernel, written out
+    (training) or by autograd (what graph capture records), with zero padding channels, from non-contiguous q
+    and k as the attention passes them."""
+    from msrasr_arch.archs.shared_attention import _shifted_factors
+    g = torch.Generator().manual_seed(1)
+    qk = torch.randn(2, 7, 2, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, size, size, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def factors(qk, w):
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (2, 2, 7, 3) views, token-major underneath
+        return _shifted_factors(q, k, w, size * 3 + 2, written_backward)
+
+    assert torch.autograd.gradcheck(factors, (qk, w))
+
+
 def test_grouped_window_layout_is_roll_plus_partition():
     """The grouped layout's partition is the rolled raster partition, reordered so that every group is one
     contiguous slice of windows sharing one mask; reverse inverts it, and so do the gradients."""
@@ -381,8 +399,8 @@ def test_backend_decided_by_device_and_mode():
         return {m.backend for m in net.modules() if isinstance(m, (SharedWindowAttention, CrossScaleAttention))}
 
     net = MSRASR(upscale=2, **TINY)
-    assert {b.name for b in backends(net.train())} == {'chunked'}
-    assert {b.name for b in backends(net.eval())} == {'sdpa'}
+    assert {(b.name, b.written_backward) for b in backends(net.train())} == {('chunked', True)}
+    assert {(b.name, b.written_backward) for b in backends(net.eval())} == {('sdpa', False)}
     assert {(b.name, b.head_multiple) for b in backends(net.to(torch.float64))} == {('sdpa', 16)}
     assert {b.name for b in backends(net.set_attn_impl('reference').train())} == {'reference'}
     with torch.device('meta'):

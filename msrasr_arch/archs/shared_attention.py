@@ -57,7 +57,79 @@ def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, widt
     return F.linear(x, weight, bias)
 
 
-def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int):
+def _shift_stack(x: torch.Tensor, size: int, width: int) -> torch.Tensor:
+    """``(bw, h, N, e)`` to ``(bw, h, N, width)``: row ``i`` holds ``x[i - r], ..., x[i + r]`` (zero outside
+    0..N-1, ``r = size // 2``), then zero channels up to ``width``."""
+    bw, h, n, e = x.shape
+    r = size // 2
+    xp = F.pad(x, (0, 0, r, r))
+    return torch.cat([xp[..., a:a + n, :] for a in range(size)] + [xp.new_zeros(bw, h, n, width - size * e)], -1)
+
+
+def _shift_sum(blocks) -> torch.Tensor:
+    """The adjoint of :func:`_shift_stack` over its ``size`` blocks of ``(bw, h, N, e)``:
+    ``out[m] = sum_a blocks[a][m - (a - r)]``, terms outside 0..N-1 dropped."""
+    r, n = len(blocks) // 2, blocks[0].shape[-2]
+    out = blocks[r].clone(memory_format=torch.contiguous_format)
+    for a, block in enumerate(blocks):
+        off = a - r
+        if off:
+            out[..., max(0, off):n + min(0, off), :] += block[..., max(0, -off):n - max(0, off), :]
+    return out
+
+
+def _combine(xs, coefs) -> torch.Tensor:
+    """``sum_b coefs[b] * xs[b]``: one pass per term (``addcmul``), no zero to start from."""
+    out = xs[0] * coefs[0]
+    for x, c in zip(xs[1:], coefs[1:]):
+        out = torch.addcmul(out, x, c)
+    return out
+
+
+def _factors(q, k, w, width: int):
+    """Q' and K' by plain operators (see :func:`_shifted_factors`)."""
+    bw, h, n, e = q.shape
+    size = w.shape[-1]
+    r, wide = size // 2, size * e
+    kp = F.pad(k, (0, 0, r, r)).reshape(bw, h, -1)
+    rows = [kp[..., b * e:(b + n) * e] for b in range(size)]  # k[j + b - r], j = 0..N-1, flattened
+    taps = w.unsqueeze(-1)  # (h, size, size, 1): broadcast over the flattened rows
+    blocks = [_combine(rows, taps[:, a].unbind(1)).view(bw, h, n, e) for a in range(size)]
+    return _shift_stack(q, size, width), torch.cat(blocks + [kp.new_zeros(bw, h, n, width - wide)], -1)
+
+
+class _ShiftedFactors(torch.autograd.Function):
+    """:func:`_factors` with the backward written out: through autograd, each shifted slice of the padded
+    q and k gives back a zero-filled gradient of the whole padded tensor."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, width):
+        ctx.save_for_backward(k, w)
+        return _factors(q, k, w, width)
+
+    @staticmethod
+    def backward(ctx, dq_out, dk_out):
+        k, w = ctx.saved_tensors
+        e, size = k.shape[-1], w.shape[-1]
+        wide = size * e
+        dq = dk = dw = None
+        if ctx.needs_input_grad[0]:
+            dq = _shift_sum([dq_out[..., a * e:(a + 1) * e] for a in range(size)])
+        if ctx.needs_input_grad[1]:
+            # Block b of dK'_wide @ (w kron I_e) is sum_a w[a, b] dK'_a: one matmul, where a product per
+            # tap over the strided e-channel blocks took 5x as long.
+            mixing = torch.einsum('hab,cd->hacbd', w, torch.eye(e, dtype=w.dtype, device=w.device))
+            g = torch.matmul(dk_out[..., :wide], mixing.reshape(1, -1, wide, wide))
+            dk = _shift_sum([g[..., b * e:(b + 1) * e] for b in range(size)])
+        if ctx.needs_input_grad[2]:
+            # dw[a, b] = sum over windows, rows and channels of dK'_a[j, c] k[j + b - r, c]: the diagonals of
+            # the (wide x wide) blocks of dK'^T [k shifted by -r..r], one batched matmul.
+            c = torch.matmul(dk_out[..., :wide].transpose(-2, -1), _shift_stack(k, size, wide)).sum(0)
+            dw = c.view(-1, size, e, size, e).diagonal(dim1=2, dim2=4).sum(-1)
+        return dq, dk, dw, None
+
+
+def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, written_backward: bool = True):
     """Q' and K' of architecture.md section 8, each ``(bw, h, N, width)``.
 
     ``q``, ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel (times the logit scale).
@@ -67,20 +139,11 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
 
     Q' is one concatenation of row-shifted views of the padded q (a sliding ``unfold`` over the flattened
     rows is 3x faster but has no ONNX export with free sizes); K' is accumulated over whole contiguous rows
-    of the padded k, then laid out in one copy (computing its ``e``-float blocks one by one does not
-    vectorise). One form for inference, training and graph capture.
+    of the padded k (``e``-float blocks one by one do not vectorise), block by block, and laid out by the
+    same concatenation. One form for inference, training and graph capture; ``written_backward`` (the
+    backend's choice) only says whether the gradients come from :class:`_ShiftedFactors` or from autograd.
     """
-    bw, h, n, e = q.shape
-    size = w.shape[-1]
-    r, wide = size // 2, size * e
-    qp = F.pad(q, (0, 0, r, r))
-    q_out = torch.cat([qp[..., a:a + n, :] for a in range(size)] + [qp.new_zeros(bw, h, n, width - wide)], -1)
-    kp = F.pad(k, (0, 0, r, r)).reshape(bw, h, -1)
-    rows = [kp[..., b * e:(b + n) * e] for b in range(size)]
-    taps = w.unsqueeze(-1)  # (h, size, size, 1)
-    acc = torch.stack([sum(taps[:, a, b] * rows[b] for b in range(size)) for a in range(size)], 2)
-    k_out = F.pad(acc.view(bw, h, size, n, e).transpose(2, 3).reshape(bw, h, n, wide), (0, width - wide))
-    return q_out, k_out
+    return _ShiftedFactors.apply(q, k, w, width) if written_backward else _factors(q, k, w, width)
 
 
 class SharedWindowAttention(nn.Module):
@@ -206,5 +269,5 @@ class SharedWindowAttention(nn.Module):
         size = conv.kernel_size[0]
         wide = size * e
         w = conv.weight.view(h, size, size).to(shared.k.dtype) * shared.scale
-        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide))
+        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), backend.written_backward)
         return SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias, scale=1.0), q, k
