@@ -13,8 +13,9 @@ def test_keep_freed_memory_takes_on_glibc():
     assert out == str(glibc)
 
 
-def test_train_pipeline_sets_it(monkeypatch, tmp_path):
-    """`basicsr train` sets it before BasicSR's pipeline runs; `basicsr test` does not."""
+def test_pipelines_set_it(monkeypatch, tmp_path):
+    """`basicsr train` and `basicsr test` set it before BasicSR's pipeline runs (a benchmark run frees and
+    takes the same memory image after image, as a training run does step after step)."""
     import basicsr.test
     import basicsr.train
 
@@ -28,7 +29,7 @@ def test_train_pipeline_sets_it(monkeypatch, tmp_path):
     monkeypatch.setattr(basicsr.test, 'test_pipeline', lambda root: calls.append('test'))
     basicsr_cmd.run_pipeline('test', ['-opt', 'x.yml'], root=str(tmp_path))
     basicsr_cmd.run_pipeline('train', ['-opt', 'x.yml'], root=str(tmp_path))
-    assert calls == ['test', 'keep', 'train']
+    assert calls == ['keep', 'test', 'keep', 'train']
 
 
 def test_upscale_sets_it(monkeypatch, tmp_path):

@@ -106,10 +106,9 @@ def run_pipeline(command, flags, root=None):
     from msrasr_arch.utils import basicsr_fixes
 
     basicsr_fixes.apply()
-    if command == 'train':
-        from msrasr_arch.utils.cpu_memory import keep_freed_memory
+    from msrasr_arch.utils.cpu_memory import keep_freed_memory
 
-        keep_freed_memory()  # page faults of memory freed and taken again every step (see cpu_memory)
+    keep_freed_memory()  # page faults of memory freed and taken again every step and image (see cpu_memory)
     pipeline = getattr(importlib.import_module(f'basicsr.{command}'), PIPELINES[command])
     root = os.path.abspath(root or os.getcwd())
     before = _listing(root)

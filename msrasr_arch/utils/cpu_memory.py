@@ -1,4 +1,4 @@
-"""Keep freed memory inside a CPU training or upscaling process (glibc's malloc).
+"""Keep freed memory inside a CPU training, testing or upscaling process (glibc's malloc).
 
 A training step frees hundreds of megabytes (activations, attention probabilities) and allocates them
 again in the next step. By default glibc gives freed memory at the top of its heap back to the system,
@@ -13,8 +13,8 @@ at its peak, which a training process reaches every step anyway.
 Inference frees and takes memory the same way, image after image and tile after tile: a light x2
 forward at 128x128 took up to 90K page faults under glibc's defaults (BasicSR's SwinIR-light 50K-370K;
 the count varies from process to process with the allocator's history) and none with both thresholds
-set (``benchmarks/speed.py`` prints the faults per run; docs/speed.md). ``msrasr upscale`` sets them
-too.
+set (``benchmarks/speed.py`` prints the faults per run; docs/speed.md). ``msrasr upscale`` and
+``basicsr test`` set them too.
 """
 import ctypes
 import ctypes.util
