@@ -222,6 +222,26 @@ def test_bf16_forward_close_to_fp32(device):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+def test_bf16_autocast_training_step_close_to_fp32(device):
+    """A training step under autocast (as ``speed.py --dtype bf16`` and mixed-precision trainers run it)
+    goes through every written-out backward (the CPU's split depth-wise convs, chunked attention, Q' and
+    K') and gives gradients pointing where fp32's do."""
+    torch.manual_seed(0)
+    net = MSRASR(upscale=2, **TINY).train().to(device)
+    x, target = torch.rand(2, 3, 24, 24, device=device), torch.rand(2, 3, 48, 48, device=device)
+    grads = []
+    for autocast in (False, True):
+        net.zero_grad()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = net(x)
+        (out.float() - target).abs().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    fp32, bf16 = grads
+    assert torch.isfinite(bf16).all()
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0).item() > 0.99
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_attention_runs_on_fused_kernels_only(device, dtype, monkeypatch):
     """With SDPA's math fallback switched off, every attention call must find a fused kernel (else SDPA

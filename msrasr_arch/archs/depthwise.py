@@ -18,14 +18,18 @@ from torch.nn import functional as F
 
 
 class _DepthwiseConv(torch.autograd.Function):
+    # Under CPU autocast the forward's conv runs in bf16 on fp32 x and weight; the backward's convs must
+    # see the same casts, or they meet a bf16 gradient with fp32 weights.
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type='cpu')
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         c, k = weight.shape[0], weight.shape[-1]
