@@ -18,23 +18,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import build  # noqa: E402  (also registers the archs and applies the torchvision shim)
-
-from msrasr_arch.utils.cpu_memory import keep_freed_memory  # noqa: E402
-
-
-def step_fn(net, patch, batch):
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.rand(batch, 3, patch, patch)
-    y = torch.rand(batch, 3, 2 * patch, 2 * patch)
-
-    def step():
-        loss = (net(x) - y).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+# speed also registers the archs and applies the torchvision shim
+from speed import add_keep_freed_memory, apply_keep_freed_memory, build, training_step  # noqa: E402
 
 
 def main():
@@ -46,17 +31,15 @@ def main():
     parser.add_argument('--shapes', action='store_true', help='split operators by input shape')
     parser.add_argument('--models', nargs='+', default=['msrasr-multibranch', 'swinir'],
                         choices=['msrasr-multibranch', 'swinir'])
-    parser.add_argument('--keep-freed-memory', action='store_true',
-                        help='glibc keeps freed memory, as `basicsr train` sets it: no page faults in the tables')
+    add_keep_freed_memory(parser)
     args = parser.parse_args()
-    if args.keep_freed_memory and not keep_freed_memory():
-        parser.error('--keep-freed-memory: this C library does not take the setting (glibc only)')
+    apply_keep_freed_memory(parser, args)
     torch.set_num_threads(args.threads)
     for patch in args.patches:
         for model in args.models:
             torch.manual_seed(0)
             net = build('msrasr' if model.startswith('msrasr') else 'swinir', 'light', False, patch).train()
-            step = step_fn(net, patch, args.batch)
+            step = training_step(net, patch, args.batch)
             for _ in range(2):
                 step()
             with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:

@@ -134,11 +134,12 @@ def infer_fn(model, args, size, device, dtype):
     return forward
 
 
-def train_fn(model, args, patch, device, dtype):
-    net = prepare(model, args, device, dtype, patch).train()
+def training_step(net, patch, batch=4, device=torch.device('cpu'), dtype=torch.float32):
+    """One step of ``net`` (x2) as timed here and profiled by ``profile_step.py``: forward on a batch of
+    ``patch x patch`` LR patches, L1 backward, Adam."""
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.rand(4, 3, patch, patch, device=device)
-    y = torch.rand(4, 3, 2 * patch, 2 * patch, device=device)
+    x = torch.rand(batch, 3, patch, patch, device=device)
+    y = torch.rand(batch, 3, 2 * patch, 2 * patch, device=device)
 
     def step():
         with autocast(device, dtype):
@@ -148,6 +149,23 @@ def train_fn(model, args, patch, device, dtype):
         opt.step()
 
     return step
+
+
+def train_fn(model, args, patch, device, dtype):
+    return training_step(prepare(model, args, device, dtype, patch).train(), patch, 4, device, dtype)
+
+
+def add_keep_freed_memory(parser):
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help="glibc keeps freed memory in the process, as `basicsr train` sets it "
+                        "(msrasr_arch.utils.cpu_memory): no page faults in the figures")
+
+
+def apply_keep_freed_memory(parser, args):
+    if args.keep_freed_memory:
+        from msrasr_arch.utils.cpu_memory import keep_freed_memory  # here: before_after.sh runs older packages
+        if not keep_freed_memory():
+            parser.error('--keep-freed-memory: this C library does not take the setting (glibc only)')
 
 
 def peak_memory(model, args, mode, size, device, dtype):
@@ -286,16 +304,11 @@ def main():
     parser.add_argument('--no-train', action='store_true')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--ffn', action='store_true', help='also time the FFN alone before/after reparam')
-    parser.add_argument('--keep-freed-memory', action='store_true',
-                        help="glibc keeps freed memory in the process, as `basicsr train` sets it "
-                        "(msrasr_arch.utils.cpu_memory)")
+    add_keep_freed_memory(parser)
     parser.add_argument('--_memory', help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        from msrasr_arch.utils.cpu_memory import keep_freed_memory  # here: before_after.sh runs older packages
-        if not keep_freed_memory():
-            parser.error('--keep-freed-memory: this C library does not take the setting (glibc only)')
+    apply_keep_freed_memory(parser, args)
     if args._memory:
         return _memory_child(args._memory)
     bad = [n for n in args.sizes + args.patches if n < 16 or n % 8]
