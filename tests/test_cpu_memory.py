@@ -1,4 +1,5 @@
-"""glibc's malloc told to keep freed memory in a training or upscaling process (msrasr_arch.utils.cpu_memory)."""
+"""glibc's malloc told to keep freed memory in a training, testing or upscaling process
+(msrasr_arch.utils.cpu_memory)."""
 import platform
 import subprocess
 import sys

@@ -278,9 +278,8 @@ class MSRASR(nn.Module):
         t = self.patch_norm(x.permute(0, 2, 3, 1))
         b, h, w, _ = t.shape
         ws, grouped = self.window_size, self.attn_impl == 'fused'
-        layouts = (window_layout(b, h, w, window_size=ws, shift=0, device=x.device, dtype=x.dtype, grouped=grouped),
-                   window_layout(b, h, w, window_size=ws, shift=ws // 2, device=x.device, dtype=x.dtype,
-                                 grouped=grouped))
+        layouts = tuple(window_layout(b, h, w, window_size=ws, shift=shift, device=x.device, dtype=x.dtype,
+                                      grouped=grouped) for shift in (0, ws // 2))
         for layer in self.layers:
             t = layer(t, layouts)
         return self.norm(t).permute(0, 3, 1, 2)
