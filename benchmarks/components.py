@@ -14,6 +14,9 @@ interleaved rounds, median milliseconds of forward + backward.
   stacked, transposed and padded in three copies, all gradients through autograd.
 * ``depth-wise weight gradient``: 7x7 over a channels-last (4, 120, P, P) map, the FFN's, with the batch
   folded into the channels image-major (current) against channel-major after padding (previous).
+* ``shifted windows``: the CPU training attention of one shifted layer (window 16, 6 heads of width 16,
+  batch 4 of P x P LR patches), border windows region by region (current) against every window whole with
+  its group's shift mask added to the bias (previous), forward + backward of q, k, v and the bias.
 
 Each pair also prints how far apart the two forms' results are. Run on quiet cores.
 """
@@ -27,8 +30,10 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msrasr_arch.archs.backend import choose_backend  # noqa: E402
+from msrasr_arch.archs.chunked_attention import chunked_attention  # noqa: E402
 from msrasr_arch.archs.depthwise import depthwise_conv2d, depthwise_weight_grad  # noqa: E402
 from msrasr_arch.archs.shared_attention import SharedWindowAttention, _shifted_factors  # noqa: E402
+from msrasr_arch.archs.window import _mask, window_layout  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import cpu_name, interleaved_times  # noqa: E402
@@ -154,6 +159,44 @@ def weight_grad(rounds, patch):
     }, (current(), previous()), rounds)
 
 
+def shifted_windows(rounds, patch):
+    torch.manual_seed(0)
+    b, h, ws, e = 4, 6, 16, 16
+    n = ws * ws
+    layout = window_layout(b, patch, patch, window_size=ws, shift=ws // 2, device='cpu', dtype=torch.float32)
+    bw = sum(g.count for g in layout.groups)
+    q, k, v = (torch.randn(bw, h, n, e, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, h, n, n, requires_grad=True)
+    grad = torch.randn(bw, h, n, e)
+    # The four masks in the grouped layout's group order (interior, last column, last row, corner), from a
+    # 2 x 2-window image; a 16 x 16 patch has the corner window alone.
+    masks = _mask(2 * ws, 2 * ws, ws, ws // 2, torch.device('cpu'), torch.float32)
+    kinds = [0, 1, 2, 3] if patch > ws else [3]
+    # The previous form attended per group on whole windows; its inputs are leaves per group here, so
+    # neither form pays for slicing.
+    leaves = [[t[g.start:g.start + g.count].detach().requires_grad_() for t in (q, k, v)] for g in layout.groups]
+
+    def current():
+        out = chunked_attention(q, k, v, bias, layout.groups)
+        return (out, ) + torch.autograd.grad(out, (q, k, v, bias), grad)
+
+    def previous():
+        results = []
+        for g, kind, (qg, kg, vg) in zip(layout.groups, kinds, leaves):
+            out = chunked_attention(qg, kg, vg, bias + masks[kind])
+            results.append((out, ) + torch.autograd.grad(out, (qg, kg, vg, bias), grad[g.start:g.start + g.count]))
+        return results
+
+    def joined(results):
+        """``previous``'s results per group as ``current``'s: windows concatenated, bias gradients summed."""
+        return [torch.cat(parts) for parts in list(zip(*results))[:4]] + [sum(r[4] for r in results)]
+
+    report(f'shifted windows, forward + backward, {b} x {patch} x {patch}', {
+        'current': current,
+        'previous': previous
+    }, (current(), joined(previous())), rounds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
@@ -166,6 +209,8 @@ def main():
     shifted_factors(args.rounds)
     for patch in (16, 64):
         weight_grad(args.rounds, patch)
+    for patch in (16, 32, 64):
+        shifted_windows(args.rounds, patch)
 
 
 if __name__ == '__main__':

@@ -138,6 +138,7 @@ def test_deploy_flag_loads_reparameterized_checkpoint():
     {'shared_attn': 'none'},
     {'csa_dim': 0},
     {'embed_dim': 20, 'num_heads': [4], 'csa_dim': 5},  # odd widths: 5 per head, 15 after F, CSA 5 and 20
+    {'window_size': 5, 'csa_scales': [5]},  # shifted by 2: border windows split into regions of unequal sizes
 ])
 @pytest.mark.parametrize('device', DEVICES)
 def test_fused_attention_matches_reference(over, device, exact_cuda):
@@ -330,11 +331,13 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
     assert (grouped - folded).abs().max().item() < 1e-6
 
 
-@pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0}])
+@pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0},
+                                  {'window_size': 5, 'csa_scales': [5]}])
 @pytest.mark.parametrize('device', DEVICES)
 def test_fused_training_path_matches_reference_gradients(over, device, exact_cuda):
     """Training attends explicitly per window group on CPU, through SDPA on CUDA; outputs and every gradient
-    match the materialised reference, shifted windows included (batch 2, 3x3 windows: all four mask groups)."""
+    match the materialised reference, shifted windows included (batch 2, 3x3 windows: all four mask groups,
+    border windows region by region; window 5 shifted by 2 gives regions of unequal sizes)."""
     cfg = dict(TINY, **over)
     net = perturbed(MSRASR(upscale=2, **cfg), seed=5).train().to(device)
     x = torch.rand(2, 3, 21, 18, device=device)
@@ -381,11 +384,14 @@ def test_shifted_factors_gradients(size, written_backward):
     assert torch.autograd.gradcheck(factors, (qk, w))
 
 
-def test_grouped_window_layout_is_roll_plus_partition():
+@pytest.mark.parametrize('ws, s', [(8, 4), (5, 2)])  # equal regions, and regions of three sizes
+def test_grouped_window_layout_is_roll_plus_partition(ws, s):
     """The grouped layout's partition is the rolled raster partition, reordered so that every group is one
-    contiguous slice of windows sharing one mask; reverse inverts it, and so do the gradients."""
+    contiguous slice of windows whose tokens split into the same regions; reverse inverts it, and so do the
+    gradients. Two tokens share a region exactly where the raster mask lets them attend, every token is in
+    one part, each part's blocks are its regions' blocks of a map, and the inverse order undoes the parts'."""
     from msrasr_arch.archs.window import window_layout, window_partition
-    b, h, w, ws, s = 2, 24, 40, 8, 4
+    b, h, w = 2, 3 * ws, 5 * ws
     layout = window_layout(b, h, w, window_size=ws, shift=s, device='cpu', dtype=torch.float32)
     raster_layout = window_layout(b, h, w, window_size=ws, shift=s, device='cpu', dtype=torch.float32, grouped=False)
     raster_mask = raster_layout.mask
@@ -397,17 +403,30 @@ def test_grouped_window_layout_is_roll_plus_partition():
     weights = torch.randn(grouped.shape)
     (grad, ) = torch.autograd.grad((grouped * weights).sum(), x)
     assert torch.equal(grad, layout.reverse(weights))
-    assert [count for _, count, _ in layout.groups] == [2 * 2 * 4, 2 * 2, 2 * 4, 2]
-    nww = w // ws
-    for start, count, mask in layout.groups:
-        for i in range(start, start + count):
-            window = grouped[i]  # find it in the raster order: it must carry that window's mask
+    assert [g.count for g in layout.groups] == [2 * 2 * 4, 2 * 2, 2 * 4, 2]
+    assert [g.start for g in layout.groups] == [0, 16, 20, 28]
+    assert [len(g.parts) for g in layout.groups] == ([1, 1, 1, 1] if 2 * s == ws else [1, 2, 2, 3])
+    n, nww = ws * ws, w // ws
+    maps = torch.randn(2, n, n)
+    for group in layout.groups:
+        region = torch.full((n, ), -1)
+        for part in group.parts:
+            tokens = torch.arange(n) if part.tokens is None else part.tokens
+            assert tokens.shape == (part.regions * part.size, ) and (region[tokens] == -1).all()
+            region[tokens] = region.max() + 1 + torch.arange(part.regions).repeat_interleave(part.size)
+            for r, t in enumerate(tokens.view(part.regions, part.size)):
+                assert torch.equal(part.blocks(maps)[:, r], maps[:, t][:, :, t])
+        assert (region >= 0).all()
+        order = torch.cat([torch.arange(n) if p.tokens is None else p.tokens for p in group.parts])
+        assert torch.equal(order if group.inverse is None else order[group.inverse], torch.arange(n))
+        for i in range(group.start, group.start + group.count):
+            window = grouped[i]  # find it in the raster order: its mask must separate exactly its regions
             hits = [(bi, j) for bi in range(b) for j in range(raster.shape[1]) if torch.equal(raster[bi, j], window)]
             assert len(hits) == 1
-            bi, j = hits[0]
-            want = raster_mask[j]
-            assert torch.equal(want, torch.zeros_like(want)) if mask is None else torch.equal(want, mask)
-            assert (mask is None) == (j // nww < h // ws - 1 and j % nww < nww - 1)  # None only inside
+            j = hits[0][1]
+            assert torch.equal(raster_mask[j] == 0, region[:, None] == region[None, :])
+            assert (len(group.parts) == 1 and group.parts[0].regions == 1) == (j // nww < h // ws - 1
+                                                                              and j % nww < nww - 1)
 
 
 def test_backend_decided_by_device_and_mode():
@@ -470,22 +489,26 @@ def test_torch_compile_recompiles_with_symbolic_sizes(device):
 @pytest.mark.parametrize('chunk_bytes', [1, 3 * 4 * 2 * 9 * 9, 2**30])  # one window, three, all at once
 def test_chunked_attention_matches_autograd(chunk_bytes, keep_bytes, monkeypatch):
     """CPU training attention: output and the gradients of q, k, v and the broadcast bias equal autograd's
-    through the materialised maps, whatever the chunking (groups of 4 and 3 windows, the second with its own
-    mask; chunks of 1, 3 or all windows never straddle them), with the probabilities kept for the backward
-    or recomputed there."""
+    through the materialised maps with the shift masks, whatever the chunking (a group of 4 whole windows,
+    one of 3 corner windows of a 3x3 window shifted by 1: regions of 4, 2, 2 and 1 tokens in three parts;
+    chunks of 1, 3 or all windows never straddle them), with the probabilities kept for the backward or
+    recomputed there."""
     from msrasr_arch.archs import chunked_attention as ca
+    from msrasr_arch.archs.window import WindowGroup, _mask, _split, whole_windows
     monkeypatch.setattr(ca, 'CHUNK_BYTES', chunk_bytes)
     monkeypatch.setattr(ca, 'KEEP_BYTES', keep_bytes)
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(7, 2, 9, 5, generator=g, requires_grad=True) for _ in range(2))
     v = torch.randn(7, 2, 9, 3, generator=g, requires_grad=True)
     bias = torch.randn(1, 2, 9, 9, generator=g, requires_grad=True)
-    window_mask = torch.randn(9, 9, generator=g)
+    corner_mask = _mask(6, 6, 3, 1, torch.device('cpu'), torch.float32)[3]
     grad = torch.randn(7, 2, 9, 3, generator=g)
-    masks = torch.cat([bias.expand(4, -1, -1, -1), (bias + window_mask).expand(3, -1, -1, -1)])
+    masks = torch.cat([bias.expand(4, -1, -1, -1), (bias + corner_mask).expand(3, -1, -1, -1)])
     want = (q @ k.transpose(-2, -1) + masks).softmax(dim=-1) @ v
     want_grads = torch.autograd.grad(want, (q, k, v, bias), grad)
-    got = ca.chunked_attention(q, k, v, bias, ((0, 4, None), (4, 3, window_mask)))
+    groups = (whole_windows(4, 9), WindowGroup(4, 3, *_split(3, 1, True, True, torch.device('cpu'))))
+    assert len(groups[1].parts) == 3
+    got = ca.chunked_attention(q, k, v, bias, groups)
     got_grads = torch.autograd.grad(got, (q, k, v, bias), grad)
     assert torch.allclose(got, want, atol=1e-6)
     for a, b in zip(got_grads, want_grads):

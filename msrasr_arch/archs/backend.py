@@ -33,7 +33,8 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .chunked_attention import chunked_attention, group_masks
+from .chunked_attention import chunked_attention
+from .window import whole_windows
 
 __all__ = ['Backend', 'choose_backend', 'attend']
 
@@ -121,16 +122,22 @@ def attend(backend: Backend, q, k, v, bias, scale: float, layout, d: int) -> tor
         attn_mask = (bias + layout.mask[:, None]).reshape(1, nw * h, n, n)
         out = kernel(*(t.reshape(bw // nw, nw * h, n, -1) for t in (q, k, v)), attn_mask)
         return out.reshape(bw, h, n, d).transpose(1, 2).reshape(bw, n, h * d)
-    # Grouped layout: each group is a contiguous slice of windows sharing one (h, N, N) mask broadcast over
-    # them, so no per-window mask is built, and the output is assembled straight into the token-major
-    # layout proj reads. Regular windows are one group without a mask.
+    # Grouped layout: each group is a contiguous slice of windows that split alike; each part of a group is one
+    # call with the regions folded into the heads and their blocks of the bias broadcast over the windows,
+    # so no per-window mask is built, and the output is assembled straight into the token-major layout proj
+    # reads. Regular windows are one group of whole windows.
     if backend.name == 'chunked':
         # All groups in one call: slicing q, k and v per group would cost each group a zero-filled
         # full-size gradient in the backward.
         return kernel(q, k, v, bias.unsqueeze(0), layout.groups).transpose(1, 2).reshape(bw, n, h * d)
-    groups = layout.groups or ((0, bw, None), )
     outs = []
-    for (start, count, _), group_bias in zip(groups, group_masks(bias, groups)):
-        group = slice(start, start + count)
-        outs.append(kernel(q[group], k[group], v[group], group_bias.unsqueeze(0)).transpose(1, 2))
+    for group in layout.groups or (whole_windows(bw, n), ):
+        rows = slice(group.start, group.start + group.count)
+        parts = []
+        for part in group.parts:
+            qp, kp, vp = (part.gather(t[rows]).flatten(1, 2) for t in (q, k, v))
+            mask = part.blocks(bias).flatten(0, 1).unsqueeze(0)
+            parts.append(kernel(qp, kp, vp, mask).unflatten(1, (h, part.regions)).flatten(2, 3))
+        out = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+        outs.append((out if group.inverse is None else out.index_select(2, group.inverse)).transpose(1, 2))
     return (torch.cat(outs) if len(outs) > 1 else outs[0]).reshape(bw, n, h * d)

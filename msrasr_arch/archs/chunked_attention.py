@@ -12,8 +12,14 @@ reuse. The probabilities of each chunk are kept for the backward when the whole 
 :data:`KEEP_BYTES` (the softmax and the ``q k^T`` product are then not recomputed: a quarter of the
 attention arithmetic of a step); above that budget the backward recomputes them chunk by chunk, flash-
 attention style, and the call stores nothing of size ``N x N``.
+
+The windows come in :class:`~.window.WindowGroup` s: a shifted window at the border attends region by
+region (its tokens gathered per :class:`~.window.WindowPart`, each region with its block of the bias), so
+no entry a shift mask would cancel is computed.
 """
 import torch
+
+from .window import whole_windows
 
 # Bytes of one chunk's (windows, h, N, N) buffer: about a core's L2 cache, where the dozen passes of the
 # forward and backward over it stay. One window of 6 heads x 256 x 256 floats is 1.5 MB; forward and
@@ -25,19 +31,11 @@ CHUNK_BYTES = 2 * 2**20
 KEEP_BYTES = 256 * 2**20
 
 
-def _chunks(q: torch.Tensor, keys: int, groups):
-    """The number of windows per chunk, and ``(slice of windows, group index)`` chunk by chunk: chunks never
-    straddle two groups, so each sees one mask."""
-    _, h, n, _ = q.shape
-    step = max(1, CHUNK_BYTES // (h * n * keys * q.element_size()))
-    chunks = [(slice(s, min(s + step, start + count)), g)
-              for g, (start, count, _) in enumerate(groups) for s in range(start, start + count, step)]
-    return min(step, max(count for _, count, _ in groups)), chunks
-
-
-def group_masks(bias: torch.Tensor, groups) -> list:
-    """The additive mask of each group: ``bias`` plus the group's shift mask (``bias`` itself where none)."""
-    return [bias if extra is None else bias + extra for _, _, extra in groups]
+def _chunks(group, part, heads: int, itemsize: int):
+    """The number of windows per chunk of ``part`` of ``group``'s windows, and the chunks, as slices of the
+    group's windows."""
+    step = max(1, CHUNK_BYTES // (heads * part.regions * part.size**2 * itemsize))
+    return min(step, group.count), [slice(s, min(s + step, group.count)) for s in range(0, group.count, step)]
 
 
 def _probabilities(q, k, mask, c: slice, out: torch.Tensor) -> torch.Tensor:
@@ -46,22 +44,49 @@ def _probabilities(q, k, mask, c: slice, out: torch.Tensor) -> torch.Tensor:
     return s.add_(mask).softmax(dim=-1)
 
 
+def _visits(groups, *tensors):
+    """For each group and part, in the order both passes take them: the group, the part, and each tensor's
+    windows of the group gathered by the part ``(count, h, regions, size, e)``."""
+    for group in groups:
+        rows = slice(group.start, group.start + group.count)
+        for part in group.parts:
+            yield group, part, [part.gather(t[rows]) for t in tensors]
+
+
+def _scatter(dst: torch.Tensor, group, part, src: torch.Tensor) -> None:
+    """Write a part's ``(count, h, regions, size, e)`` result back to its tokens of ``dst`` (B, h, N, e); a whole
+    window's result was computed in place."""
+    if part.tokens is not None:
+        dst[group.start:group.start + group.count].index_copy_(2, part.tokens, src.flatten(2, 3))
+
+
+def _target(dst: torch.Tensor, group, part, like: torch.Tensor) -> torch.Tensor:
+    """Where a part's result goes: a view of ``dst`` for a whole window, else a new ``like``-shaped tensor."""
+    if part.tokens is None:
+        return part.gather(dst[group.start:group.start + group.count])
+    return torch.empty_like(like)
+
+
 class _ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, groups):
         b, h, n, _ = q.shape
         out = q.new_empty(b, h, n, v.shape[-1])
-        step, chunks = _chunks(q, k.shape[-2], groups)
-        masks = group_masks(bias, groups)
-        keep = b * h * n * k.shape[-2] * q.element_size() <= KEEP_BYTES
-        buf = q.new_empty(step, h, n, k.shape[-2])
+        entries = sum(g.count * h * p.regions * p.size**2 for g in groups for p in g.parts)
+        keep = entries * q.element_size() <= KEEP_BYTES
         kept = []
-        for c, g in chunks:
-            p = _probabilities(q, k, masks[g], c, buf[:c.stop - c.start])
-            torch.matmul(p, v[c], out=out[c])
-            if keep:
-                kept.append(p)
+        for group, part, (qp, kp, vp) in _visits(groups, q, k, v):
+            mask = part.blocks(bias[0])
+            op = _target(out, group, part, vp)
+            step, chunks = _chunks(group, part, h, q.element_size())
+            buf = q.new_empty(step, *qp.shape[1:-1], part.size)
+            for c in chunks:
+                p = _probabilities(qp, kp, mask, c, buf[:c.stop - c.start])
+                torch.matmul(p, vp[c], out=op[c])
+                if keep:
+                    kept.append(p)
+            _scatter(out, group, part, op)
         ctx.groups = groups
         ctx.save_for_backward(q, k, v, bias, out, *kept)
         return out
@@ -70,30 +95,43 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, bias, out, *kept = ctx.saved_tensors
         groups = ctx.groups
+        h = q.shape[1]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
         # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dout * out).
         rows = (dout * out).sum(-1, keepdim=True)
-        step, chunks = _chunks(q, k.shape[-2], groups)
-        masks = None if kept else group_masks(bias, groups)
-        buf_s = None if kept else q.new_empty(step, *q.shape[1:3], k.shape[-2])
-        buf_d = q.new_empty(step, *q.shape[1:3], k.shape[-2])
-        for i, (c, g) in enumerate(chunks):
-            m = c.stop - c.start
-            p = kept[i] if kept else _probabilities(q, k, masks[g], c, buf_s[:m])
-            torch.matmul(p.transpose(-2, -1), dout[c], out=dv[c])
-            ds = torch.matmul(dout[c], v[c].transpose(-2, -1), out=buf_d[:m]).sub_(rows[c]).mul_(p)
-            torch.matmul(ds, k[c], out=dq[c])
-            torch.matmul(ds.transpose(-2, -1), q[c], out=dk[c])
+        recompute, kept = not kept, iter(kept)
+        for group, part, (qp, kp, vp, dop, rp) in _visits(groups, q, k, v, dout, rows):
+            dqp, dkp, dvp = (_target(g, group, part, t) for g, t in ((dq, qp), (dk, kp), (dv, vp)))
+            whole = part.tokens is None
+            dmask = None
             if dbias is not None:
-                dbias.add_(ds if m == 1 else ds.sum(0, keepdim=True))
+                dmask = part.blocks(dbias[0]) if whole else dbias.new_zeros(h, part.regions, part.size, part.size)
+            mask = part.blocks(bias[0]) if recompute else None
+            step, chunks = _chunks(group, part, h, q.element_size())
+            buf_s = None if mask is None else q.new_empty(step, *qp.shape[1:-1], part.size)
+            buf_d = q.new_empty(step, *qp.shape[1:-1], part.size)
+            for c in chunks:
+                m = c.stop - c.start
+                p = next(kept) if mask is None else _probabilities(qp, kp, mask, c, buf_s[:m])
+                torch.matmul(p.transpose(-2, -1), dop[c], out=dvp[c])
+                ds = torch.matmul(dop[c], vp[c].transpose(-2, -1), out=buf_d[:m]).sub_(rp[c]).mul_(p)
+                torch.matmul(ds, kp[c], out=dqp[c])
+                torch.matmul(ds.transpose(-2, -1), qp[c], out=dkp[c])
+                if dmask is not None:
+                    dmask.add_(ds[0] if m == 1 else ds.sum(0))
+            for g, gp in ((dq, dqp), (dk, dkp), (dv, dvp)):
+                _scatter(g, group, part, gp)
+            if dmask is not None and not whole:
+                dbias[0].view(h, -1).index_add_(1, part.block, dmask.view(h, -1))
         return dq, dk, dv, dbias, None
 
 
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                       groups=None) -> torch.Tensor:
-    """``softmax(q k^T + bias + mask_g) v`` for q, k (B, H, N, e), v (B, H, N, ev) and bias (1, H, N, N),
-    differentiable in q, k, v and bias. ``groups``: ``((start, count, mask_g (N, N) or None), ...)``
-    covering the B windows in order (a constant shift mask per contiguous group, see
-    :class:`~.window.WindowLayout`); default one group without a mask. Scale q beforehand."""
-    return _ChunkedAttention.apply(q, k, v, bias, tuple(groups) if groups else ((0, q.shape[0], None), ))
+    """``softmax(q k^T + bias) v`` for q, k (B, H, N, e), v (B, H, N, ev) and bias (1, H, N, N), differentiable
+    in q, k, v and bias, each window's tokens attending within their regions only. ``groups``: the
+    :class:`~.window.WindowGroup` s covering the B windows in order (see :class:`~.window.WindowLayout`);
+    default all whole windows. Scale q beforehand."""
+    b, _, n, _ = q.shape
+    return _ChunkedAttention.apply(q, k, v, bias, tuple(groups) if groups else (whole_windows(b, n), ))

@@ -4,13 +4,13 @@ Tensors in the network body are channels-last images ``(B, H, W, C)``; windows a
 with ``N = window_size ** 2`` tokens in raster order, SwinIR's layout.
 """
 import functools
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'WindowLayout',
-           'window_layout']
+__all__ = ['window_partition', 'window_reverse', 'pad_to_multiple', 'relative_position_index', 'WindowPart',
+           'WindowGroup', 'whole_windows', 'WindowLayout', 'window_layout']
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -68,24 +68,97 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+class WindowPart(NamedTuple):
+    """Tokens of every window of a group that attend in ``regions`` separate blocks of ``size`` tokens each.
+
+    ``tokens`` (regions * size,): their indices in the window's raster order, region by region; ``block``
+    (regions * size * size,): the flat positions of each region's ``size x size`` block in an ``N x N`` map.
+    Both None for a whole window: one region of all N tokens in raster order, nothing gathered.
+    """
+    regions: int
+    size: int
+    tokens: Optional[torch.Tensor] = None
+    block: Optional[torch.Tensor] = None
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(W, h, N, e) -> (W, h, regions, size, e): a view for a whole window, else one ``index_select``."""
+        if self.tokens is None:
+            return t.unsqueeze(2)
+        return t.index_select(2, self.tokens).view(*t.shape[:2], self.regions, self.size, t.shape[-1])
+
+    def blocks(self, maps: torch.Tensor) -> torch.Tensor:
+        """(h, N, N) contiguous -> (h, regions, size, size), each region's block of the maps (a view of the
+        maps for a whole window)."""
+        h = maps.shape[0]
+        if self.block is None:
+            return maps.view(h, 1, self.size, self.size)
+        return maps.view(h, -1).index_select(1, self.block).view(h, self.regions, self.size, self.size)
+
+
+class WindowGroup(NamedTuple):
+    """``count`` consecutive windows from ``start`` whose tokens split alike: ``parts`` cover each window's N
+    tokens once; ``inverse`` (N,) puts the parts' tokens, concatenated, back in raster order (None for a whole
+    window)."""
+    start: int
+    count: int
+    parts: Tuple[WindowPart, ...]
+    inverse: Optional[torch.Tensor] = None
+
+
+def whole_windows(count: int, n: int, start: int = 0) -> WindowGroup:
+    """``count`` windows of ``n`` tokens attending as wholes (regular windows, or interior shifted ones)."""
+    return WindowGroup(start, count, (WindowPart(1, n), ))
+
+
+def _split(window_size: int, shift: int, last_row: bool, last_col: bool,
+           device: torch.device) -> Tuple[Tuple[WindowPart, ...], Optional[torch.Tensor]]:
+    """The parts and the inverse order of a shifted window in the last window row and/or column.
+
+    Its regions are those of :func:`_mask`: the window's rows (and columns) ``< ws - shift`` and
+    ``>= ws - shift`` came from opposite sides of the cyclic wrap. Regions of one size share a part, so one
+    batched product serves them (a shift of ws/2 gives equal regions: one part). Built from ``arange``
+    only, so ``torch.compile`` traces it without data-dependent shapes."""
+    ws, n = window_size, window_size**2
+
+    def bands(last: bool):
+        cut = ws - shift
+        return (torch.arange(cut), torch.arange(cut, ws)) if last else (torch.arange(ws), )
+
+    regions = [(rows[:, None] * ws + cols).flatten() for rows in bands(last_row) for cols in bands(last_col)]
+    if len(regions) == 1:
+        return (WindowPart(1, n), ), None
+    by_size = {}
+    for region in regions:
+        by_size.setdefault(len(region), []).append(region)
+    parts = tuple(
+        WindowPart(len(group), size, torch.cat(group).to(device),
+                   torch.cat([(r[:, None] * n + r).flatten() for r in group]).to(device))
+        for size, group in by_size.items())
+    order = torch.cat([p.tokens for p in parts])
+    return parts, torch.empty_like(order).index_copy_(0, order, torch.arange(n, device=device))
+
+
 class WindowLayout:
     """Where the tokens of a ``(B, H, W, C)`` image go among the windows of one kind of layer (regular or
     shifted by ``shift``), and which additive mask each window needs. Built once per forward and kind.
 
     A shifted window's mask (0, or -100 between tokens from opposite sides of the cyclic wrap) depends only
-    on whether it lies in the last window row and/or column, so there are at most four distinct masks.
-    Two forms:
+    on whether it lies in the last window row and/or column, so there are at most four distinct masks; the
+    mask splits a window's tokens into regions (up to four) that attend only among themselves. Two forms:
 
     * grouped (eager): the windows are ordered group by group (interior, last column, last row, corner;
-      batch-major inside a group), so each group is a contiguous slice that one attention call handles
-      with one broadcast ``(N, N)`` mask, and no per-window mask exists (the raster one is 1 GiB for a
-      1024x1024 input). Roll + partition, and reverse + roll back, are one row permutation each.
+      batch-major inside a group), so each group is a contiguous slice of windows that split alike. Each
+      region attends alone, with its block of the bias and no mask: a corner window at shift ws/2 has four
+      regions of N/4 tokens, a quarter of the map entries, and an edge window half. The masked entries
+      are not computed at all, where the raster form gives them a weight of exp(-100) (4e-44, nothing
+      at float precision). No per-window mask exists (the raster one is 1 GiB for a 1024x1024 input).
+      Roll + partition, and reverse + roll back, are one row permutation each.
     * raster (while a graph is captured for every size, and for the reference implementation): windows in
       :func:`window_partition` order after ``torch.roll``, with one ``(nW, N, N)`` mask.
 
     Attributes:
-        groups: ``((start, count, mask (N, N) or None), ...)`` in windows, grouped form (``None`` for the
-            all-zero interior); ``()`` in the raster form and for regular windows.
+        groups: :class:`WindowGroup` s in window order, grouped form; ``()`` in the raster form and for
+            regular windows (all whole windows).
         mask: ``(nW, N, N)`` in the raster form of a shifted layout, else None.
     """
 
@@ -127,12 +200,10 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
-def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device, dtype: torch.dtype,
+def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device,
              inference: bool) -> WindowLayout:
     # `inference` only keys the cache: tensors made under torch.inference_mode (spandrel and ComfyUI run
     # models in it) cannot enter a later forward that autograd records.
-    # The four masks, from a 2 x 2-window image: interior, last column, last row, corner.
-    masks = _mask(2 * window_size, 2 * window_size, window_size, shift, device, dtype)
     nwh, nww = h // window_size, w // window_size
     pixels = torch.arange(b * h * w).view(b, h, w, 1)
     windows = window_partition(torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2)), window_size)
@@ -144,7 +215,7 @@ def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch
         member = windows[:, rows, cols].reshape(-1)
         count = len(member) // (window_size * window_size)
         if count:
-            groups.append((start, count, None if i == 0 else masks[i]))
+            groups.append(WindowGroup(start, count, *_split(window_size, shift, i >= 2, i % 2 == 1, device)))
             members.append(member)
             start += count
     gather = torch.cat(members)
@@ -168,7 +239,7 @@ def window_layout(b, h, w, *, window_size: int, shift: int, device, dtype, group
 
     This is the one place that asks how the forward runs. The grouped form is built for static sizes in
     eager mode and under ``torch.compile`` (inside the graph there, uncached); it is cached per size,
-    device, dtype and inference mode, so every layer and every forward at one size share its tensors
+    device and inference mode, so every layer and every forward at one size share its tensors
     (callers must not modify them). The raster form is used for ``grouped=False`` (the reference
     implementation), while tracing or exporting, and for the symbolic sizes ``torch.compile`` passes after
     a size change.
@@ -178,8 +249,7 @@ def window_layout(b, h, w, *, window_size: int, shift: int, device, dtype, group
     static = all(isinstance(s, int) for s in (b, h, w))
     if grouped and static and not capturing_for_all_sizes():
         if torch.compiler.is_compiling():
-            return _grouped(b, h, w, window_size, shift, torch.device(device), dtype, False)
-        return _grouped_cached(b, h, w, window_size, shift, torch.device(device), dtype,
-                               torch.is_inference_mode_enabled())
+            return _grouped(b, h, w, window_size, shift, torch.device(device), False)
+        return _grouped_cached(b, h, w, window_size, shift, torch.device(device), torch.is_inference_mode_enabled())
     return WindowLayout(window_size=window_size, shift=shift, hw=(h, w),
                         mask=_mask(h, w, window_size, shift, torch.device(device), dtype))
