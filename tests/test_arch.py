@@ -353,6 +353,35 @@ def test_fused_training_path_matches_reference_gradients(over, device, exact_cud
         assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
 
 
+def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
+    """The CUDA training form (SDPA under autograd, border windows region by region through gathers), run
+    on the CPU: outputs and every gradient match the materialised reference, at an even window and at an
+    odd one (regions of unequal sizes)."""
+    from msrasr_arch.archs import msrasr_arch as arch_module
+    from msrasr_arch.archs.backend import Backend, choose_backend
+
+    def sdpa_in_training(device, training, reference=False):
+        if training and not reference:
+            return Backend('sdpa', head_multiple=8, written_backward=True)
+        return choose_backend(device, training, reference)
+
+    monkeypatch.setattr(arch_module, 'choose_backend', sdpa_in_training)
+    for over in ({}, {'window_size': 5, 'csa_scales': [5]}):
+        net = perturbed(MSRASR(upscale=2, **dict(TINY, **over)), seed=6).train()
+        x = torch.rand(2, 3, 21, 18)
+        results = []
+        for impl in ('fused', 'reference'):
+            net.zero_grad()
+            out = net.set_attn_impl(impl)(x)
+            (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+            results.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+        assert {m.backend.name for m in net.set_attn_impl('fused').modules() if hasattr(m, 'backend')} == {'sdpa'}
+        (out_f, g_f), (out_r, g_r) = results
+        assert (out_f - out_r).abs().max().item() < 1e-5
+        for name, g in g_r.items():
+            assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
+
+
 def test_shifted_factors_equal_f_of_logits():
     """Q' K'^T equals F applied to scale * q k^T (zero padding), at every padded width."""
     from msrasr_arch.archs.shared_attention import _shifted_factors

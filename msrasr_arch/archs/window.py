@@ -140,7 +140,8 @@ def _split(window_size: int, shift: int, last_row: bool, last_col: bool,
 
 class WindowLayout:
     """Where the tokens of a ``(B, H, W, C)`` image go among the windows of one kind of layer (regular or
-    shifted by ``shift``), and which additive mask each window needs. Built once per forward and kind.
+    shifted by ``shift``), and which tokens of each window attend to each other. Built once per forward and
+    kind.
 
     A shifted window's mask (0, or -100 between tokens from opposite sides of the cyclic wrap) depends only
     on whether it lies in the last window row and/or column, so there are at most four distinct masks; the
