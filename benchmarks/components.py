@@ -174,7 +174,7 @@ def shifted_windows(rounds, patch):
     kinds = [0, 1, 2, 3] if patch > ws else [3]
     # The previous form attended per group on whole windows; its inputs are leaves per group here, so
     # neither form pays for slicing.
-    leaves = [[t[g.start:g.start + g.count].detach().requires_grad_() for t in (q, k, v)] for g in layout.groups]
+    leaves = [[t[g.windows].detach().requires_grad_() for t in (q, k, v)] for g in layout.groups]
 
     def current():
         out = chunked_attention(q, k, v, bias, layout.groups)
@@ -184,7 +184,7 @@ def shifted_windows(rounds, patch):
         results = []
         for g, kind, (qg, kg, vg) in zip(layout.groups, kinds, leaves):
             out = chunked_attention(qg, kg, vg, bias + masks[kind])
-            results.append((out, ) + torch.autograd.grad(out, (qg, kg, vg, bias), grad[g.start:g.start + g.count]))
+            results.append((out, ) + torch.autograd.grad(out, (qg, kg, vg, bias), grad[g.windows]))
         return results
 
     def joined(results):

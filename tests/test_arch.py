@@ -331,6 +331,20 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
     assert (grouped - folded).abs().max().item() < 1e-6
 
 
+def _assert_training_matches_reference(net, x):
+    """The training-mode network's output and every parameter's gradient, fused against reference."""
+    results = {}
+    for impl in ('fused', 'reference'):
+        net.zero_grad()
+        out = net.set_attn_impl(impl)(x)
+        (out * torch.linspace(0, 1, out.numel(), device=x.device).view_as(out)).sum().backward()
+        results[impl] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
+    (out_f, g_f), (out_r, g_r) = results['fused'], results['reference']
+    assert (out_f - out_r).abs().max().item() < 1e-5
+    for name, g in g_r.items():
+        assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
+
+
 @pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0},
                                   {'window_size': 5, 'csa_scales': [5]}])
 @pytest.mark.parametrize('device', DEVICES)
@@ -340,17 +354,7 @@ def test_fused_training_path_matches_reference_gradients(over, device, exact_cud
     border windows region by region; window 5 shifted by 2 gives regions of unequal sizes)."""
     cfg = dict(TINY, **over)
     net = perturbed(MSRASR(upscale=2, **cfg), seed=5).train().to(device)
-    x = torch.rand(2, 3, 21, 18, device=device)
-    grads = {}
-    for impl in ('fused', 'reference'):
-        net.zero_grad()
-        out = net.set_attn_impl(impl)(x)
-        (out * torch.linspace(0, 1, out.numel(), device=device).view_as(out)).sum().backward()
-        grads[impl] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
-    (out_f, g_f), (out_r, g_r) = grads['fused'], grads['reference']
-    assert (out_f - out_r).abs().max().item() < 1e-5
-    for name, g in g_r.items():
-        assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
+    _assert_training_matches_reference(net, torch.rand(2, 3, 21, 18, device=device))
 
 
 def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
@@ -368,18 +372,8 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
     monkeypatch.setattr(arch_module, 'choose_backend', sdpa_in_training)
     for over in ({}, {'window_size': 5, 'csa_scales': [5]}):
         net = perturbed(MSRASR(upscale=2, **dict(TINY, **over)), seed=6).train()
-        x = torch.rand(2, 3, 21, 18)
-        results = []
-        for impl in ('fused', 'reference'):
-            net.zero_grad()
-            out = net.set_attn_impl(impl)(x)
-            (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
-            results.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+        _assert_training_matches_reference(net, torch.rand(2, 3, 21, 18))
         assert {m.backend.name for m in net.set_attn_impl('fused').modules() if hasattr(m, 'backend')} == {'sdpa'}
-        (out_f, g_f), (out_r, g_r) = results
-        assert (out_f - out_r).abs().max().item() < 1e-5
-        for name, g in g_r.items():
-            assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
 
 
 def test_shifted_factors_equal_f_of_logits():

@@ -126,16 +126,16 @@ def attend(backend: Backend, q, k, v, bias, scale: float, layout, d: int) -> tor
     # call with the regions folded into the heads and their blocks of the bias broadcast over the windows,
     # so no per-window mask is built, and the output is assembled straight into the token-major layout proj
     # reads. Regular windows are one group of whole windows.
+    groups = layout.groups or (whole_windows(bw, n), )
     if backend.name == 'chunked':
         # All groups in one call: slicing q, k and v per group would cost each group a zero-filled
         # full-size gradient in the backward.
-        return kernel(q, k, v, bias.unsqueeze(0), layout.groups).transpose(1, 2).reshape(bw, n, h * d)
+        return kernel(q, k, v, bias.unsqueeze(0), groups).transpose(1, 2).reshape(bw, n, h * d)
     outs = []
-    for group in layout.groups or (whole_windows(bw, n), ):
-        rows = slice(group.start, group.start + group.count)
+    for group in groups:
         parts = []
         for part in group.parts:
-            qp, kp, vp = (part.gather(t[rows]).flatten(1, 2) for t in (q, k, v))
+            qp, kp, vp = (part.gather(t[group.windows]).flatten(1, 2) for t in (q, k, v))
             mask = part.blocks(bias).flatten(0, 1).unsqueeze(0)
             parts.append(kernel(qp, kp, vp, mask).unflatten(1, (h, part.regions)).flatten(2, 3))
         out = torch.cat(parts, 2) if len(parts) > 1 else parts[0]

@@ -48,22 +48,21 @@ def _visits(groups, *tensors):
     """For each group and part, in the order both passes take them: the group, the part, and each tensor's
     windows of the group gathered by the part ``(count, h, regions, size, e)``."""
     for group in groups:
-        rows = slice(group.start, group.start + group.count)
         for part in group.parts:
-            yield group, part, [part.gather(t[rows]) for t in tensors]
+            yield group, part, [part.gather(t[group.windows]) for t in tensors]
 
 
 def _scatter(dst: torch.Tensor, group, part, src: torch.Tensor) -> None:
     """Write a part's ``(count, h, regions, size, e)`` result back to its tokens of ``dst`` (B, h, N, e); a whole
     window's result was computed in place."""
     if part.tokens is not None:
-        dst[group.start:group.start + group.count].index_copy_(2, part.tokens, src.flatten(2, 3))
+        dst[group.windows].index_copy_(2, part.tokens, src.flatten(2, 3))
 
 
 def _target(dst: torch.Tensor, group, part, like: torch.Tensor) -> torch.Tensor:
     """Where a part's result goes: a view of ``dst`` for a whole window, else a new ``like``-shaped tensor."""
     if part.tokens is None:
-        return part.gather(dst[group.start:group.start + group.count])
+        return part.gather(dst[group.windows])
     return torch.empty_like(like)
 
 

@@ -18,7 +18,8 @@ Two exact implementations:
 
 How the fused form runs (SDPA's kernels, the chunked CPU training path, head widths padded with zero
 weight rows) is decided once per device and mode by :mod:`.backend`; which windows attend
-together, and with which shift masks, by the :class:`~.window.WindowLayout` the layer passes in.
+together, and which of their tokens attend to each other, by the :class:`~.window.WindowLayout` the
+layer passes in.
 """
 from typing import NamedTuple, Optional
 

@@ -104,6 +104,11 @@ class WindowGroup(NamedTuple):
     parts: Tuple[WindowPart, ...]
     inverse: Optional[torch.Tensor] = None
 
+    @property
+    def windows(self) -> slice:
+        """The group's windows, as a slice of the ``B * nW`` windows."""
+        return slice(self.start, self.start + self.count)
+
 
 def whole_windows(count: int, n: int, start: int = 0) -> WindowGroup:
     """``count`` windows of ``n`` tokens attending as wholes (regular windows, or interior shifted ones)."""
