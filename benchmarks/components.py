@@ -17,6 +17,10 @@ interleaved rounds, median milliseconds of forward + backward.
 * ``shifted windows``: the CPU training attention of one shifted layer (window 16, 6 heads of width 16,
   batch 4 of P x P LR patches), border windows region by region (current) against every window whole with
   its group's shift mask added to the bias (previous), forward + backward of q, k, v and the bias.
+* ``Adam`` and ``EMA``: one optimiser step and one EMA update (decay 0.999) over the parameters of
+  MSRA-SR-light x2 (458 tensors) and of BasicSR's SwinIR-light x2 (330), as ``basicsr train`` runs them
+  with MSRASRModel: Adam fused, the EMA as two multi-tensor operations; against PyTorch's default Adam
+  on the CPU (a loop over the tensors) and BasicSR's EMA loop. Not forward + backward: the step alone.
 
 Each pair also prints how far apart the two forms' results are. Run on quiet cores.
 """
@@ -36,7 +40,7 @@ from msrasr_arch.archs.shared_attention import SharedWindowAttention, _shifted_f
 from msrasr_arch.archs.window import _mask, window_layout  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import cpu_name, interleaved_times  # noqa: E402
+from speed import ADAM, build, cpu_name, interleaved_times  # noqa: E402
 
 
 class _RowGather(torch.autograd.Function):
@@ -197,6 +201,44 @@ def shifted_windows(rounds, patch):
     }, (current(), joined(previous())), rounds)
 
 
+def optimiser(rounds, model):
+    """Adam's step and the EMA update over ``model``'s light x2 parameters, with fixed random gradients;
+    each form steps its own copy, so the results compared are the parameters after one step."""
+    torch.manual_seed(0)
+    net = build(model, 'light', False, 64)
+    grads = [torch.randn_like(p) for p in net.parameters()]
+
+    def params_with_grads():
+        params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+        for p, g in zip(params, grads):
+            p.grad = g
+        return params
+
+    adams = {name: torch.optim.Adam(params_with_grads(), lr=1e-4, **ADAM[name]) for name in ('fused', 'for-loop')}
+    results = []
+    for opt in adams.values():
+        opt.step()
+        results.append([p.detach().clone() for p in opt.param_groups[0]['params']])
+    report(f'Adam step, {model} light x2 ({len(grads)} tensors)',
+           {name: opt.step for name, opt in adams.items()}, results, rounds)
+
+    live = [p.detach() for p in net.parameters()]
+    ema = {name: [p + 1 for p in live] for name in ('foreach', 'loop')}
+
+    def foreach():
+        torch._foreach_mul_(ema['foreach'], 0.999)
+        torch._foreach_add_(ema['foreach'], live, alpha=1 - 0.999)
+
+    def loop():
+        for e, p in zip(ema['loop'], live):
+            e.mul_(0.999).add_(p, alpha=1 - 0.999)
+
+    foreach()
+    loop()
+    results = ([e.clone() for e in ema['foreach']], [e.clone() for e in ema['loop']])
+    report(f'EMA update, {model} light x2', {'foreach': foreach, 'loop': loop}, results, rounds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
@@ -211,6 +253,8 @@ def main():
         weight_grad(args.rounds, patch)
     for patch in (16, 32, 64):
         shifted_windows(args.rounds, patch)
+    for model in ('msrasr', 'swinir'):
+        optimiser(args.rounds, model)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # speed also registers the archs and applies the torchvision shim
-from speed import add_keep_freed_memory, apply_keep_freed_memory, build, training_step  # noqa: E402
+from speed import ADAM, add_keep_freed_memory, apply_keep_freed_memory, build, training_step  # noqa: E402
 
 
 def main():
@@ -31,6 +31,7 @@ def main():
     parser.add_argument('--shapes', action='store_true', help='split operators by input shape')
     parser.add_argument('--models', nargs='+', default=['msrasr-multibranch', 'swinir'],
                         choices=['msrasr-multibranch', 'swinir'])
+    parser.add_argument('--adam', choices=list(ADAM), default='fused', help="Adam's implementation (as speed.py)")
     add_keep_freed_memory(parser)
     args = parser.parse_args()
     apply_keep_freed_memory(parser, args)
@@ -39,7 +40,7 @@ def main():
         for model in args.models:
             torch.manual_seed(0)
             net = build('msrasr' if model.startswith('msrasr') else 'swinir', 'light', False, patch).train()
-            step = training_step(net, patch, args.batch)
+            step = training_step(net, patch, args.batch, adam=args.adam)
             for _ in range(2):
                 step()
             with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:

@@ -8,7 +8,8 @@
 
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is the
 median of ``--runs`` timed steps (forward + L1 backward + Adam, after two warm-up steps) on a batch of 4 LR
-patches of PxP (``--patches``, default 16 32 64).
+patches of PxP (``--patches``, default 16 32 64). Adam is fused, as MSRASRModel builds it for ``basicsr
+train`` (``--adam for-loop`` is PyTorch's default on the CPU, ``foreach`` its default on CUDA).
 Mult-Adds are FlopCounterMode's total / 2 on the meta device, at the input sizes and at the paper's ruler
 (LR = HR 1024x720 / 2, as the network pads it). ``--suite peers`` builds the light x2 networks of
 ``benchmarks/peers.py`` from spandrel's reference code (``pip install -e .[bench]``); their parameters are
@@ -134,10 +135,14 @@ def infer_fn(model, args, size, device, dtype):
     return forward
 
 
-def training_step(net, patch, batch=4, device=torch.device('cpu'), dtype=torch.float32):
+# Adam's implementations: fused is what MSRASRModel.get_optimizer chooses when the options do not.
+ADAM = {'fused': {'fused': True}, 'foreach': {'foreach': True}, 'for-loop': {'foreach': False}}
+
+
+def training_step(net, patch, batch=4, device=torch.device('cpu'), dtype=torch.float32, adam='fused'):
     """One step of ``net`` (x2) as timed here and profiled by ``profile_step.py``: forward on a batch of
-    ``patch x patch`` LR patches, L1 backward, Adam."""
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    ``patch x patch`` LR patches, L1 backward, Adam (implementation ``adam``, a key of ``ADAM``)."""
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, **ADAM[adam])
     x = torch.rand(batch, 3, patch, patch, device=device)
     y = torch.rand(batch, 3, 2 * patch, 2 * patch, device=device)
 
@@ -152,7 +157,7 @@ def training_step(net, patch, batch=4, device=torch.device('cpu'), dtype=torch.f
 
 
 def train_fn(model, args, patch, device, dtype):
-    return training_step(prepare(model, args, device, dtype, patch).train(), patch, 4, device, dtype)
+    return training_step(prepare(model, args, device, dtype, patch).train(), patch, 4, device, dtype, args.adam)
 
 
 def add_keep_freed_memory(parser):
@@ -302,6 +307,8 @@ def main():
                         "(its best case); rebuilt: img_size as in its option files (64 light, 48 classical), so "
                         "every forward at another size rebuilds them on the CPU")
     parser.add_argument('--no-train', action='store_true')
+    parser.add_argument('--adam', choices=list(ADAM), default='fused',
+                        help="Adam's implementation in the training step (default: fused, as basicsr train runs it)")
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--ffn', action='store_true', help='also time the FFN alone before/after reparam')
     add_keep_freed_memory(parser)
@@ -323,6 +330,7 @@ def main():
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu_name()}, {args.threads} threads'
     print(f'# torch {torch.__version__}, {where}, {args.dtype}, suite {args.suite} x2'
           f'{", torch.compile" if args.compile else ""}, SwinIR masks {args.swinir_mask}'
+          f'{"" if args.no_train else f", Adam {args.adam}"}'
           f'{", freed memory kept" if args.keep_freed_memory else ""}')
 
     for name, peer in peers.items():

@@ -22,6 +22,9 @@ import msrasr_arch  # noqa: F401  (shim before basicsr)
 from msrasr_arch.cli import quickstart as qs
 from msrasr_arch.cli.basicsr_cmd import run_pipeline
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import cpu_name, interleaved_times, training_step  # noqa: E402
+
 SWINIR_LIGHT = dict(type='SwinIR', upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0,
                     depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2.0,
                     upsampler='pixelshuffledirect', resi_connection='1conv')
@@ -51,31 +54,20 @@ def _timed_build_model(step_times):
 
 
 def interleaved_speed(networks, batch, patch, rounds=12):
-    """Training steps per second of each network, timed alternately (one step of each per round, median
-    over rounds) so that a shared machine's changing load hits both alike."""
+    """Training steps per second of each network: ``speed.py``'s step (fused Adam, as in the runs above),
+    timed alternately (one step of each per round, median over rounds) so that a shared machine's changing
+    load hits both alike."""
     import statistics
 
     import torch
     from basicsr.archs import build_network
 
-    nets, optims, times = [], [], []
-    for network in networks:
+    fns = {}
+    for i, network in enumerate(networks):
         torch.manual_seed(0)
-        net = build_network(dict(network)).train()
-        nets.append(net)
-        optims.append(torch.optim.Adam(net.parameters(), lr=1e-4))
-        times.append([])
-    x = torch.rand(batch, 3, patch, patch)
-    y = torch.rand(batch, 3, patch * 2, patch * 2)
-    for r in range(rounds + 2):
-        for net, optim, t in zip(nets, optims, times):
-            t0 = time.perf_counter()
-            optim.zero_grad()
-            (net(x) - y).abs().mean().backward()
-            optim.step()
-            if r >= 2:  # warm-up rounds
-                t.append(time.perf_counter() - t0)
-    return [1 / statistics.median(t) for t in times]
+        fns[i] = training_step(build_network(dict(network)).train(), patch, batch)
+    times = interleaved_times(fns, rounds, torch.device('cpu'))
+    return [1 / statistics.median(times[i]) for i in range(len(networks))]
 
 
 def main(argv=None):
@@ -130,13 +122,7 @@ def main(argv=None):
     print(f'\ntrain_compare: x2, {args.iters} iterations, batch {args.batch}, LR patch {args.patch}, '
           f'Adam lr {args.lr:g} (halved at 70% and 90%), no EMA, built-in photos, '
           f'{"random init" if args.from_scratch else "bicubic warm start"}')
-    cpu = 'unknown CPU'
-    if os.path.exists('/proc/cpuinfo'):
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    print(f'machine: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; '
+    print(f'machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; '
           f'Python {platform.python_version()}')
     print("it/s (run): steady rate during that model's own training run; it/s (alt): both models timed "
           'alternately afterwards, same load')

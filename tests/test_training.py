@@ -9,6 +9,22 @@ from sr_cli import OPTIONS, basicsr, eval_flags, train_flags
 from sr_tiny_data import make_tiny_sr_set
 
 
+def _tiny_options(name, is_train):
+    """Option file `name` with the tiny network, for an in-process model on the CPU."""
+    from basicsr.utils.options import ordered_yaml
+    import yaml
+
+    from sr_cli import TINY_NET
+
+    with open(os.path.join(OPTIONS, name)) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    for flag in TINY_NET:
+        key, value = flag.split(':')[1].split('=')
+        opt['network_g'][key] = yaml.safe_load(value)
+    opt.update(num_gpu=0, dist=False, rank=0, world_size=1, is_train=is_train)
+    return opt
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """Train the tiny network for 4 iterations (checkpoints at 2 and 4); shared by the tests below."""
@@ -56,20 +72,11 @@ def test_self_ensemble_and_tiles_match_plain_testing(trained):
     from basicsr.metrics import calculate_psnr
     from basicsr.models import build_model
     from basicsr.utils import tensor2img
-    from basicsr.utils.options import ordered_yaml
-    import yaml
-
-    from sr_cli import TINY_NET
     from basicsr.utils.img_util import img2tensor
     import cv2
 
     work, dirs, _ = trained
-    with open(os.path.join(OPTIONS, 'test_MSRASR_x2.yml')) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
-    for flag in TINY_NET:
-        key, value = flag.split(':')[1].split('=')
-        opt['network_g'][key] = yaml.safe_load(value)
-    opt.update(num_gpu=0, dist=False, rank=0, world_size=1, is_train=False)
+    opt = _tiny_options('test_MSRASR_x2.yml', is_train=False)
     opt['path']['pretrain_network_g'] = str(work / 'experiments' / 'tiny_x2' / 'models' / 'net_g_4.pth')
     model = build_model(opt)
 
@@ -123,3 +130,40 @@ def test_own_images_option_runs_without_ground_truth(tmp_path):
     out = tmp_path / 'results' / 'test_MSRASR_x4_own_images' / 'visualization' / 'own_images'
     assert sorted(os.listdir(out)) == ['a_test_MSRASR_x4_own_images.png', 'b_test_MSRASR_x4_own_images.png']
     assert cv2.imread(str(out / 'a_test_MSRASR_x4_own_images.png')).shape == (80, 108, 3)
+
+
+def _training_model(**optim_g):
+    """An in-process MSRASRModel set up for training the tiny network of train_MSRASR_x2.yml."""
+    from basicsr.models import build_model
+
+    opt = _tiny_options('train_MSRASR_x2.yml', is_train=True)
+    opt['path'] = {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None}
+    opt['train']['optim_g'].update(optim_g)
+    return build_model(opt)
+
+
+def test_adam_is_fused_unless_the_options_choose_an_implementation():
+    assert _training_model().optimizer_g.defaults['fused'] is True
+    assert not _training_model(fused=False).optimizer_g.defaults['fused']
+    chosen = _training_model(foreach=True).optimizer_g.defaults
+    assert chosen['foreach'] is True and not chosen['fused']
+
+
+def test_ema_update_is_basicsrs_to_the_bit():
+    from basicsr.models.sr_model import SRModel
+
+    torch.manual_seed(0)
+    model = _training_model()
+    with torch.no_grad():
+        for p in model.net_g.parameters():
+            p.add_(torch.randn_like(p))
+    ema = list(model.net_g_ema.parameters())
+    before = [p.detach().clone() for p in ema]
+    model.model_ema(decay=0.9)
+    ours = [p.detach().clone() for p in ema]
+    with torch.no_grad():
+        for p, b in zip(ema, before):
+            p.copy_(b)
+    SRModel.model_ema(model, decay=0.9)
+    assert all(torch.equal(a, p) for a, p in zip(ours, ema))
+    assert not all(torch.equal(a, b) for a, b in zip(ours, before))

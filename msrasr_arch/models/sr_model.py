@@ -4,6 +4,9 @@ Option keys it reads on top of ``SRModel``'s (all under ``val``):
     tile: {size: 256, overlap: 32}   # LR pixels; tiled inference for images that do not fit in memory
     self_ensemble: false             # x8 geometric self-ensemble (the paper's "MSRA-SR+")
     reparameterize: true             # test a re-parameterised copy (false: the multi-branch net, Table 4)
+
+Training: Adam runs its fused kernel unless ``train.optim_g`` (or ``optim_d``) sets ``fused`` or ``foreach``,
+and the EMA update is one multi-tensor operation; both compute what BasicSR's defaults compute.
 """
 import os
 import shutil
@@ -73,6 +76,24 @@ class MSRASRModel(SRModel):
             net = net.to(self.device)
             return DistributedDataParallel(net, find_unused_parameters=self.opt.get('find_unused_parameters', False))
         return super().model_to_device(net)
+
+    # --- training -----------------------------------------------------------------------------------
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        # Adam's default on the CPU is a loop of about a dozen operations per parameter tensor, and
+        # MSRA-SR-light has 458 small ones: 40 ms a step on 2 cores against 6 ms fused (SwinIR-light's 330
+        # tensors: 21 against 5). On CUDA the fused kernel beats the default foreach one as well.
+        if optim_type == 'Adam' and 'fused' not in kwargs and 'foreach' not in kwargs:
+            kwargs['fused'] = True
+        return super().get_optimizer(optim_type, params, lr, **kwargs)
+
+    @torch.no_grad()
+    def model_ema(self, decay=0.999):
+        # BasicSR's update (ema * decay + param * (1 - decay), parameters only) as two multi-tensor ops
+        # instead of two per tensor: the same arithmetic, element for element.
+        params = dict(self.get_bare_model(self.net_g).named_parameters())
+        names, ema = zip(*self.net_g_ema.named_parameters())
+        torch._foreach_mul_(ema, decay)
+        torch._foreach_add_(ema, [params[k] for k in names], alpha=1 - decay)
 
     # --- inference ----------------------------------------------------------------------------------
     def _val_opt(self):
