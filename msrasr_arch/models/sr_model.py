@@ -6,7 +6,7 @@ Option keys it reads on top of ``SRModel``'s (all under ``val``):
     reparameterize: true             # test a re-parameterised copy (false: the multi-branch net, Table 4)
 
 Training: Adam runs its fused kernel unless ``train.optim_g`` (or ``optim_d``) sets ``fused`` or ``foreach``,
-and the EMA update is one multi-tensor operation; both compute what BasicSR's defaults compute.
+and the EMA update takes two multi-tensor operations; both compute what BasicSR's defaults compute.
 """
 import os
 import shutil
@@ -80,8 +80,9 @@ class MSRASRModel(SRModel):
     # --- training -----------------------------------------------------------------------------------
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         # Adam's default on the CPU is a loop of about a dozen operations per parameter tensor, and
-        # MSRA-SR-light has 458 small ones: 40 ms a step on 2 cores against 6 ms fused (SwinIR-light's 330
-        # tensors: 21 against 5). On CUDA the fused kernel beats the default foreach one as well.
+        # MSRA-SR-light has 458 small ones: 40 ms a step on 2 cores against 9 ms fused (SwinIR-light's 330
+        # tensors: 20 against 5; benchmarks/components.py). On CUDA the fused kernel beats the default
+        # foreach one as well.
         if optim_type == 'Adam' and 'fused' not in kwargs and 'foreach' not in kwargs:
             kwargs['fused'] = True
         return super().get_optimizer(optim_type, params, lr, **kwargs)
