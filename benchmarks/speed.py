@@ -8,7 +8,8 @@
 
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is the
 median of ``--runs`` timed steps (forward + L1 backward + Adam, after two warm-up steps) on a batch of 4 LR
-patches of PxP (``--patches``, default 16 32 64). Adam is fused, as MSRASRModel builds it for ``basicsr
+patches of PxP (``--patches``, default 16 32 64; ``--batches 1 4`` times both batch sizes, as "train@PbB",
+which splits a step into what each image costs and what the step costs whatever the batch). Adam is fused, as MSRASRModel builds it for ``basicsr
 train`` (``--adam for-loop`` is PyTorch's default on the CPU, ``foreach`` its default on CUDA).
 Mult-Adds are FlopCounterMode's total / 2 on the meta device, at the input sizes and at the paper's ruler
 (LR = HR 1024x720 / 2, as the network pads it). ``--suite peers`` builds the light x2 networks of
@@ -156,8 +157,8 @@ def training_step(net, patch, batch=4, device=torch.device('cpu'), dtype=torch.f
     return step
 
 
-def train_fn(model, args, patch, device, dtype):
-    return training_step(prepare(model, args, device, dtype, patch).train(), patch, 4, device, dtype, args.adam)
+def train_fn(model, args, patch, batch, device, dtype):
+    return training_step(prepare(model, args, device, dtype, patch).train(), patch, batch, device, dtype, args.adam)
 
 
 def add_keep_freed_memory(parser):
@@ -307,6 +308,7 @@ def main():
                         "(its best case); rebuilt: img_size as in its option files (64 light, 48 classical), so "
                         "every forward at another size rebuilds them on the CPU")
     parser.add_argument('--no-train', action='store_true')
+    parser.add_argument('--batches', type=int, nargs='+', default=[4], help='batch sizes of the training step')
     parser.add_argument('--adam', choices=list(ADAM), default='fused',
                         help="Adam's implementation in the training step (default: fused, as basicsr train runs it)")
     parser.add_argument('--no-memory', action='store_true')
@@ -318,6 +320,8 @@ def main():
     apply_keep_freed_memory(parser, args)
     if args._memory:
         return _memory_child(args._memory)
+    if min(args.batches) < 1:
+        parser.error(f'--batches: {min(args.batches)} is not a batch size')
     bad = [n for n in args.sizes + args.patches if n < 16 or n % 8]
     if bad:  # SAFMN needs multiples of 8, and 16 is the smallest side every model here accepts
         parser.error(f'--sizes/--patches: {bad[0]} is not a multiple of 8 of at least 16')
@@ -349,7 +353,9 @@ def main():
 
     train = [] if args.no_train else args.patches
     mem_train = [f'mem_train@{max(train)}'] if train else []  # the largest patch only: a subprocess each
-    keys = [f'infer@{s}' for s in args.sizes] + [f'train@{p}' for p in train]
+    # one key per training step timed: "train@P" at the default batch of 4, else "train@PbB"
+    steps = {(p, b): f'train@{p}' if args.batches == [4] else f'train@{p}b{b}' for p in train for b in args.batches}
+    keys = [f'infer@{s}' for s in args.sizes] + list(steps.values())
     if not args.no_memory:
         keys += [f'mem_infer@{s}' for s in args.sizes] + mem_train
     results = {model: {} for model in args.models}  # key -> list of per-run seconds (or MiB)
@@ -359,12 +365,12 @@ def main():
             results[model][f'infer@{size}'] = times
         del fns
         progress(results, f'infer@{size}', faults)
-    for patch in train:
-        fns, faults = {model: train_fn(model, args, patch, device, dtype) for model in args.models}, {}
+    for (patch, batch), key in steps.items():
+        fns, faults = {model: train_fn(model, args, patch, batch, device, dtype) for model in args.models}, {}
         for model, times in interleaved_times(fns, args.runs, device, faults=faults).items():
-            results[model][f'train@{patch}'] = times
+            results[model][key] = times
         del fns
-        progress(results, f'train@{patch}', faults)
+        progress(results, key, faults)
     if not args.no_memory:
         for model in args.models:
             for s in args.sizes:
