@@ -6,7 +6,9 @@ Option keys it reads on top of ``SRModel``'s (all under ``val``):
     reparameterize: true             # test a re-parameterised copy (false: the multi-branch net, Table 4)
 
 Training: Adam runs its fused kernel unless ``train.optim_g`` (or ``optim_d``) sets ``fused`` or ``foreach``,
-and the EMA update takes two multi-tensor operations; both compute what BasicSR's defaults compute.
+and the EMA update takes two multi-tensor operations; both compute what BasicSR's defaults compute. A
+resumed training state keeps the Adam settings it was saved with (PyTorch restores them), so a run started
+before this default resumes with the per-tensor loop: slower, same results.
 """
 import os
 import shutil
