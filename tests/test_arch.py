@@ -471,7 +471,7 @@ def test_backend_decided_by_device_and_mode():
 
 def _compiled_matches_eager(device, sizes):
     net = perturbed(MSRASR(upscale=2, **TINY)).eval().to(device)
-    compiled = torch.compile(net, backend='aot_eager')
+    compiled = torch.compile(net, backend='aot_eager', fullgraph=True)
     for size in sizes:
         x = torch.rand(2, 3, *size, device=device)
         with torch.no_grad():
@@ -480,16 +480,18 @@ def _compiled_matches_eager(device, sizes):
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_torch_compile_matches_eager(device):
-    """Under torch.compile the grouped window layout is built inside the graph (no cache): same output.
+    """Under torch.compile the grouped window layout is built inside the graph (no cache), one graph in
+    all: same output.
     The aot_eager backend runs the captured graph without generating C++, so no compiler is needed."""
     _compiled_matches_eager(device, [(21, 18)])
 
 
 def test_torch_compile_training_step_matches_eager():
     """A compiled training forward and backward (the CPU training backend: chunked attention, depth-wise
-    gradients as convs, the grouped window layout built inside the graph) gives eager's gradients."""
+    gradients as convs, the grouped window layout built inside the graph) is one graph and gives eager's
+    gradients."""
     net = perturbed(MSRASR(upscale=2, **TINY), seed=7).train()
-    compiled = torch.compile(net, backend='aot_eager')
+    compiled = torch.compile(net, backend='aot_eager', fullgraph=True)
     x = torch.rand(2, 3, 21, 18)
     grads = []
     for model in (compiled, net):

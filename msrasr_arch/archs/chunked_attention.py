@@ -95,7 +95,10 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, bias, out, *kept = ctx.saved_tensors
         groups = ctx.groups
         h = q.shape[1]
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # Contiguous gradients whatever the inputs' strides (a scaled q or an inheriting layer's v is laid
+        # out transposed, and empty_like would keep that): matmul then writes each chunk in place, where a
+        # strided out= costs a temporary and a copy per chunk and breaks torch.compile's graph.
+        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
         dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
         # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dout * out).
         rows = (dout * out).sum(-1, keepdim=True)
