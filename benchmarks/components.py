@@ -38,6 +38,7 @@ from msrasr_arch.archs.chunked_attention import chunked_attention  # noqa: E402
 from msrasr_arch.archs.depthwise import depthwise_conv2d, depthwise_weight_grad  # noqa: E402
 from msrasr_arch.archs.shared_attention import SharedWindowAttention, _shifted_factors  # noqa: E402
 from msrasr_arch.archs.window import _mask, window_layout  # noqa: E402
+from msrasr_arch.models.sr_model import ema_update_  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import ADAM, build, cpu_name, interleaved_times  # noqa: E402
@@ -226,8 +227,7 @@ def optimiser(rounds, model):
     ema = {name: [p + 1 for p in live] for name in ('foreach', 'loop')}
 
     def foreach():
-        torch._foreach_mul_(ema['foreach'], 0.999)
-        torch._foreach_add_(ema['foreach'], live, alpha=1 - 0.999)
+        ema_update_(ema['foreach'], live, 0.999)
 
     def loop():
         for e, p in zip(ema['loop'], live):

@@ -9,8 +9,9 @@
 Latency is the median of ``--runs`` timed forwards after warm-up (eval mode, no grad); "train@P" is the
 median of ``--runs`` timed steps (forward + L1 backward + Adam, after two warm-up steps) on a batch of 4 LR
 patches of PxP (``--patches``, default 16 32 64; ``--batches 1 4`` times both batch sizes, as "train@PbB",
-which splits a step into what each image costs and what the step costs whatever the batch). Adam is fused, as MSRASRModel builds it for ``basicsr
-train`` (``--adam for-loop`` is PyTorch's default on the CPU, ``foreach`` its default on CUDA).
+which splits a step into what each image costs and what the step costs whatever the batch). Adam is fused,
+as MSRASRModel builds it for ``basicsr train`` (``--adam for-loop`` is PyTorch's default on the CPU,
+``foreach`` its default on CUDA).
 Mult-Adds are FlopCounterMode's total / 2 on the meta device, at the input sizes and at the paper's ruler
 (LR = HR 1024x720 / 2, as the network pads it). ``--suite peers`` builds the light x2 networks of
 ``benchmarks/peers.py`` from spandrel's reference code (``pip install -e .[bench]``); their parameters are

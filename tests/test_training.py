@@ -10,17 +10,14 @@ from sr_tiny_data import make_tiny_sr_set
 
 
 def _tiny_options(name, is_train):
-    """Option file `name` with the tiny network, for an in-process model on the CPU."""
-    from basicsr.utils.options import ordered_yaml
-    import yaml
+    """Option file `name` with the tiny network, read and overridden as our `basicsr` command does
+    (`--force_yml`), for an in-process model on the CPU."""
+    from msrasr_arch.utils.train_options import apply_forced, read_option_file
 
     from sr_cli import TINY_NET
 
-    with open(os.path.join(OPTIONS, name)) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
-    for flag in TINY_NET:
-        key, value = flag.split(':')[1].split('=')
-        opt['network_g'][key] = yaml.safe_load(value)
+    path = os.path.join(OPTIONS, name)
+    opt = apply_forced(read_option_file(path), TINY_NET, source=path)
     opt.update(num_gpu=0, dist=False, rank=0, world_size=1, is_train=is_train)
     return opt
 

@@ -61,6 +61,13 @@ def parse_tile(value):
     return size, overlap
 
 
+def ema_update_(ema, params, decay: float) -> None:
+    """BasicSR's EMA update, ``ema * decay + param * (1 - decay)`` tensor by tensor, as two multi-tensor
+    operations instead of two per tensor: the same arithmetic, element for element."""
+    torch._foreach_mul_(ema, decay)
+    torch._foreach_add_(ema, params, alpha=1 - decay)
+
+
 @MODEL_REGISTRY.register()
 class MSRASRModel(SRModel):
     """SR model for MSRA-SR (works for any BasicSR SR arch).
@@ -91,12 +98,9 @@ class MSRASRModel(SRModel):
 
     @torch.no_grad()
     def model_ema(self, decay=0.999):
-        # BasicSR's update (ema * decay + param * (1 - decay), parameters only) as two multi-tensor ops
-        # instead of two per tensor: the same arithmetic, element for element.
         params = dict(self.get_bare_model(self.net_g).named_parameters())
         names, ema = zip(*self.net_g_ema.named_parameters())
-        torch._foreach_mul_(ema, decay)
-        torch._foreach_add_(ema, [params[k] for k in names], alpha=1 - decay)
+        ema_update_(ema, [params[k] for k in names], decay)
 
     # --- inference ----------------------------------------------------------------------------------
     def _val_opt(self):
