@@ -407,6 +407,46 @@ def test_shifted_factors_gradients(size, written_backward):
     assert torch.autograd.gradcheck(factors, (qk, w))
 
 
+@pytest.mark.parametrize('ws, kernel', [(16, 3), (5, 3), (4, 5), (3, 1)])
+def test_transform_on_distinct_values_is_the_conv_over_the_map(ws, kernel):
+    """F computed on a bias's distinct values and gathered equals F as a zero-padded conv over the N x N map,
+    for the position bias and for a chain (F over F(B)), with gradients (float64) for the table and both
+    kernels; the light models' window 16 and 3x3 F need 3653 values for 65536 entries."""
+    from torch.nn.functional import conv2d
+    from msrasr_arch.archs.bias_maps import gather_map, map_index, transform_keys, transform_values
+    g = torch.Generator().manual_seed(2)
+    h, n = 2, ws * ws
+    table = torch.randn((2 * ws - 1)**2, h, generator=g, dtype=torch.float64, requires_grad=True)
+    convs = [(torch.randn(h, 1, kernel, kernel, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.randn(h, generator=g, dtype=torch.float64, requires_grad=True)) for _ in range(2)]
+
+    def by_conv(table, *params):
+        maps = [gather_map(table, map_index(ws, kernel, 0))]
+        for w, b in zip(params[::2], params[1::2]):
+            maps.append(conv2d(maps[-1][None], w, b, padding=kernel // 2, groups=h)[0])
+        return maps
+
+    def by_values(table, *params):
+        values, maps = table, [gather_map(table, map_index(ws, kernel, 0))]
+        for level, (w, b) in enumerate(zip(params[::2], params[1::2]), 1):
+            values = transform_values(values, transform_keys(ws, kernel, level), w, b)
+            maps.append(gather_map(values, map_index(ws, kernel, level)))
+        return maps
+
+    inputs = (table, *[p for conv in convs for p in conv])
+    want, got = by_conv(*inputs), by_values(*inputs)
+    assert [m.shape for m in got] == [(h, n, n)] * 3
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12)
+    weights = [torch.randn(m.shape, generator=g, dtype=torch.float64) for m in want]
+    grads = [torch.autograd.grad(sum((m * w).sum() for m, w in zip(f(*inputs), weights)), inputs)
+             for f in (by_conv, by_values)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10)
+    if (ws, kernel) == (16, 3):
+        assert transform_keys(ws, kernel, 1).shape == (9, 3653)
+
+
 @pytest.mark.parametrize('ws, s', [(8, 4), (5, 2)])  # equal regions, and regions of three sizes
 def test_grouped_window_layout_is_roll_plus_partition(ws, s):
     """The grouped layout's partition is the rolled raster partition, reordered so that every group is one

@@ -22,10 +22,7 @@ Head widths are padded with zero columns (no dot product changes) to :attr:`Back
   below), and it refuses head widths that are not a multiple of its GEMM alignment (8 for bf16/fp16);
   refused, SDPA falls back to the math path and builds every ``N x N`` map.
 
-CPU training also takes the depth-wise convs' gradients as two depth-wise convs (:mod:`.depthwise`). On the
-CPU, ``F`` convolves the ``(1, h, N, N)`` bias maps channels-last, with oneDNN's own backward: for light
-x2 the position-bias gather and ``F``, forward and backward, take 0.60-0.80x the time of NCHW maps with
-the split backward (``benchmarks/components.py``, 2 cores).
+CPU training also takes the depth-wise convs' gradients as two depth-wise convs (:mod:`.depthwise`).
 """
 from typing import NamedTuple, Optional
 
@@ -47,19 +44,14 @@ _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 class Backend(NamedTuple):
     """An execution choice. ``name``: ``reference``, ``sdpa`` or ``chunked``; ``head_multiple``: head widths
     are padded to a multiple of it; ``cuda``: SDPA runs with cuDNN left out; ``split_dw_backward``: see
-    :func:`~.depthwise.depthwise_conv2d`; ``channels_last_maps``: ``F`` convolves the ``(1, h, N, N)`` bias maps
-    channels-last; ``written_backward``: an inheriting layer's Q' and K' take their written-out backward
-    (training; the plain operators otherwise, which ONNX's tracer records: it cannot inline the Function)."""
+    :func:`~.depthwise.depthwise_conv2d`; ``written_backward``: an inheriting layer's Q' and K' take their
+    written-out backward (training; the plain operators otherwise, which ONNX's tracer records: it cannot
+    inline the Function)."""
     name: str
     head_multiple: int = 1
     cuda: bool = False
     split_dw_backward: bool = False
-    channels_last_maps: bool = False
     written_backward: bool = False
-
-    @property
-    def map_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last_maps else torch.contiguous_format
 
     @property
     def reference(self) -> bool:
@@ -88,7 +80,7 @@ def choose_backend(device: torch.device, training: bool, reference: bool = False
         return Backend('sdpa', head_multiple=8, cuda=True, written_backward=training)
     if device.type == 'cpu':
         return Backend('chunked' if training else 'sdpa', head_multiple=16, split_dw_backward=training,
-                       channels_last_maps=True, written_backward=training)
+                       written_backward=training)
     return Backend('sdpa', written_backward=training)  # meta (counting), mps...
 
 

@@ -43,6 +43,7 @@ class MSTBLayer(nn.Module):
         shifted: use windows shifted by ws/2 (every second layer, as in Swin).
         computes_attn: compute the similarity map (else inherit it from two layers before).
         attn_transform_kernel: size of the inheriting transform F (0 = identity).
+        attn_transform_level: for an inheriting layer, how many F its map has been through, its own included.
         csa_dim / csa_scales: cross-scale attention width (0 = none) and scales.
         mlp_ratio: FFN hidden width / C.
         ms_kernels: MS-DWC kernel sizes (empty = plain MLP).
@@ -56,13 +57,14 @@ class MSTBLayer(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, window_size: int, shifted: bool, computes_attn: bool,
-                 attn_transform_kernel: int, csa_dim: int, csa_scales: Sequence[int], mlp_ratio: float,
-                 ms_kernels: Sequence[int], ca_reduction: int, drop_path: float, deploy: bool):
+                 attn_transform_kernel: int, attn_transform_level: int, csa_dim: int, csa_scales: Sequence[int],
+                 mlp_ratio: float, ms_kernels: Sequence[int], ca_reduction: int, drop_path: float, deploy: bool):
         super().__init__()
         self.shifted = shifted  # which of the forward's two window layouts this layer attends in
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SharedWindowAttention(dim=dim, num_heads=num_heads, window_size=window_size,
-                                          computes=computes_attn, transform_kernel=attn_transform_kernel)
+                                          computes=computes_attn, transform_kernel=attn_transform_kernel,
+                                          transform_level=attn_transform_level)
         if csa_dim:
             self.norm_csa = nn.LayerNorm(dim)
             self.csa = CrossScaleAttention(dim=dim, dim_csa=csa_dim, num_heads=max(1, csa_dim // 16),
@@ -104,6 +106,7 @@ class MSTB(nn.Module):
         self.blocks = nn.ModuleList(
             MSTBLayer(dim=dim, num_heads=num_heads, window_size=window_size, shifted=i % 2 == 1,
                       computes_attn=shared_attn == 'none' or i < 2, attn_transform_kernel=attn_transform_kernel,
+                      attn_transform_level=i // 2,
                       csa_dim=csa_dim if i == 0 else 0, csa_scales=csa_scales, mlp_ratio=mlp_ratio,
                       ms_kernels=ms_kernels, ca_reduction=ca_reduction, drop_path=drop_path[i], deploy=deploy)
             for i in range(depth))

@@ -15,6 +15,8 @@ Two exact implementations:
   ``w``-weighted sums of shifted copies of ``k`` (architecture.md section 8). No ``N x N`` map is ever
   built: every layer is one ``scaled_dot_product_attention`` call. A chain (depth > 4) nests the
   construction again, which stays exact at the window borders where composing kernels would not.
+  ``F(B)`` is computed on the bias's distinct values, never as a conv over an ``N x N`` map
+  (:mod:`.bias_maps`).
 
 How the fused form runs (SDPA's kernels, the chunked CPU training path, head widths padded with zero
 weight rows) is decided once per device and mode by :mod:`.backend`; which windows attend
@@ -28,8 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backend import REFERENCE, Backend, attend
+from .bias_maps import gather_map, map_index, transform_keys, transform_values
 from .swin_blocks import trunc_normal_
-from .window import WindowLayout, relative_position_index
+from .window import WindowLayout
 
 ATTN_IMPLS = ('fused', 'reference')
 
@@ -37,14 +40,15 @@ ATTN_IMPLS = ('fused', 'reference')
 class SharedLogits(NamedTuple):
     """What a layer hands to the layer that inherits from it (per window, per head).
 
-    ``fused``: ``q`` and ``k`` (B*nW, h, N, e), ``bias`` (h, N, N; an inherited one is laid out as the
-    backend's ``map_format``, so a chain's next ``F`` convolves it without a copy) and ``scale``: the logits are
-    ``scale * q @ k^T + bias``. ``reference``: ``logits`` (B*nW, h, N, N).
+    ``fused``: ``q`` and ``k`` (B*nW, h, N, e), ``bias`` (h, N, N), contiguous, and ``scale``: the logits are
+    ``scale * q @ k^T + bias``; ``values`` (M, h): the distinct values ``bias`` is gathered from (see
+    :mod:`.bias_maps`), which the next ``F`` transforms. ``reference``: ``logits`` (B*nW, h, N, N).
     """
     q: Optional[torch.Tensor] = None
     k: Optional[torch.Tensor] = None
     bias: Optional[torch.Tensor] = None
     scale: float = 1.0
+    values: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
 
 
@@ -156,6 +160,8 @@ class SharedWindowAttention(nn.Module):
         window_size: window side ws; N = ws^2 tokens per window.
         computes: True for a layer with its own q/k (and bias table); False for an inheriting layer.
         transform_kernel: size of ``F`` for an inheriting layer: 0 = identity (plain sharing), 1, 3, 5...
+        transform_level: how many ``F`` an inheriting layer's map has been through, its own included: 1 for
+            a layer that inherits from a computing one, 2 for the next in a chain.
         qkv_bias: bias in the q/k/v projections.
 
     Shapes: ``forward(x (B*nW, N, C), layout (:class:`~.window.WindowLayout`), shared)`` returns the
@@ -165,7 +171,7 @@ class SharedWindowAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, window_size: int, computes: bool,
-                 transform_kernel: int = 3, qkv_bias: bool = True):
+                 transform_kernel: int = 3, transform_level: int = 1, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed_dim {dim} is not divisible by num_heads {num_heads}')
@@ -179,7 +185,8 @@ class SharedWindowAttention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1)**2, num_heads))
             trunc_normal_(self.relative_position_bias_table, std=.02)
-            self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=False)
+            self.register_buffer('relative_position_index', map_index(window_size, transform_kernel, 0),
+                                 persistent=False)
             self.transform = None
         else:
             self.v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -189,6 +196,11 @@ class SharedWindowAttention(nn.Module):
                 # training starts from plain sharing.
                 self.transform = nn.Conv2d(num_heads, num_heads, transform_kernel, padding=transform_kernel // 2,
                                            groups=num_heads)
+                # F(B) on the inherited map's distinct values (see .bias_maps).
+                self.register_buffer('transform_keys', transform_keys(window_size, transform_kernel, transform_level),
+                                     persistent=False)
+                self.register_buffer('transform_index', map_index(window_size, transform_kernel, transform_level),
+                                     persistent=False)
         self.proj = nn.Linear(dim, dim)
         self.backend: Backend = REFERENCE
 
@@ -204,12 +216,8 @@ class SharedWindowAttention(nn.Module):
     def position_bias(self) -> torch.Tensor:
         """``(h, N, N)`` relative-position bias of a computing layer, contiguous.
 
-        Gathered along the table's second dimension, so the backward is one ``index_add_`` over rows of
-        ``N * N`` (a gather by rows of ``h`` scatters 65536 short rows one by one, several times slower;
-        ``benchmarks/components.py`` times it with ``F``'s conv)."""
-        n, h = self.window_size**2, self.num_heads
-        index = self.relative_position_index.view(-1)
-        return self.relative_position_bias_table.t().index_select(1, index).view(h, n, n)
+        ``benchmarks/components.py`` times it with ``F``."""
+        return gather_map(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         if not self.computes and shared is None:
@@ -222,14 +230,15 @@ class SharedWindowAttention(nn.Module):
             width = backend.width(d)
             qkv = _padded_linear(x, self.qkv, 3 * h, d, width).view(bw, n, 3, h, width)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype), scale=self.scale)
+            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype), scale=self.scale,
+                                 values=self.relative_position_bias_table)
             scale = self.scale
         else:
             state, q, k = self._transform(shared)
             scale = 1.0
             width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
-        return self.proj(attend(backend, q, k, v, state.bias.contiguous(), scale, layout, d)), state
+        return self.proj(attend(backend, q, k, v, state.bias, scale, layout, d)), state
 
     def _reference(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         """The literal form: logits materialised, ``F`` a conv over them, the mask added per window."""
@@ -248,12 +257,11 @@ class SharedWindowAttention(nn.Module):
         out = logits.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(bw, n, c)), state
 
-    def transform_bias(self, bias: torch.Tensor) -> torch.Tensor:
-        """``F(B)``: the inheriting layer's conv over an ``(h, N, N)`` bias, laid out as the backend's
-        ``map_format``."""
+    def transform_bias(self, values: torch.Tensor):
+        """``F(B)`` of the inherited bias with distinct ``values`` (M, h): the map ``(h, N, N)`` and its values."""
         conv = self.transform
-        maps = bias.unsqueeze(0).contiguous(memory_format=self.backend.map_format)
-        return F.conv2d(maps, conv.weight, conv.bias, padding=conv.padding, groups=self.num_heads).squeeze(0)
+        values = transform_values(values, self.transform_keys, conv.weight, conv.bias)
+        return gather_map(values, self.transform_index), values
 
     def _transform(self, shared: SharedLogits):
         """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (scale folded
@@ -265,10 +273,12 @@ class SharedWindowAttention(nn.Module):
             if width != wide:
                 q, k = F.pad(q, (0, width - wide)), F.pad(k, (0, width - wide))
             return shared, q, k
-        bias = self.transform_bias(shared.bias)
+        bias, values = self.transform_bias(shared.values)
         h, e = self.num_heads, shared.q.shape[-1]
         size = conv.kernel_size[0]
         wide = size * e
         w = conv.weight.view(h, size, size).to(shared.k.dtype) * shared.scale
         q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), backend.written_backward)
-        return SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias, scale=1.0), q, k
+        state = SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias.to(shared.bias.dtype), scale=1.0,
+                             values=values)
+        return state, q, k
