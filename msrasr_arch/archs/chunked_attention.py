@@ -38,31 +38,30 @@ def _chunks(group, part, heads: int, itemsize: int):
     return min(step, group.count), [slice(s, min(s + step, group.count)) for s in range(0, group.count, step)]
 
 
-def _probabilities(q, k, mask, c: slice, out: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T + mask)`` of the windows ``c``, the logits computed in ``out``."""
-    s = torch.matmul(q[c], k[c].transpose(-2, -1), out=out)
-    return s.add_(mask).softmax(dim=-1)
+def _parts(groups):
+    """Each group and part, in the order both passes take them."""
+    return [(group, part) for group in groups for part in group.parts]
 
 
-def _visits(groups, *tensors):
-    """For each group and part, in the order both passes take them: the group, the part, and each tensor's
-    windows of the group gathered by the part ``(count, h, regions, size, e)``."""
-    for group in groups:
-        for part in group.parts:
-            yield group, part, [part.gather(t[group.windows]) for t in tensors]
+def _block(t: torch.Tensor, group, part) -> torch.Tensor:
+    """``t``'s windows of the group gathered by the part, as one contiguous ``(count * h * regions, size, e)``
+    block (a view of a contiguous ``t`` for whole windows, else one copy), which ``bmm`` takes chunk by
+    chunk with no reshape or copy of its own."""
+    return part.gather(t[group.windows]).contiguous().view(-1, part.size, t.shape[-1])
 
 
 def _scatter(dst: torch.Tensor, group, part, src: torch.Tensor) -> None:
-    """Write a part's ``(count, h, regions, size, e)`` result back to its tokens of ``dst`` (B, h, N, e); a whole
-    window's result was computed in place."""
+    """Write a part's ``(count * h * regions, size, e)`` result back to its tokens of ``dst`` (B, h, N, e); a
+    whole window's result was computed in place."""
     if part.tokens is not None:
-        dst[group.windows].index_copy_(2, part.tokens, src.flatten(2, 3))
+        dst[group.windows].index_copy_(2, part.tokens, src.view(group.count, dst.shape[1], -1, src.shape[-1]))
 
 
 def _target(dst: torch.Tensor, group, part, like: torch.Tensor) -> torch.Tensor:
-    """Where a part's result goes: a view of ``dst`` for a whole window, else a new ``like``-shaped tensor."""
+    """Where a part's result goes, shaped as ``like``: a view of ``dst`` (contiguous) for a whole window, else a
+    new tensor."""
     if part.tokens is None:
-        return part.gather(dst[group.windows])
+        return dst[group.windows].view(like.shape)
     return torch.empty_like(like)
 
 
@@ -74,54 +73,71 @@ class _ChunkedAttention(torch.autograd.Function):
         out = q.new_empty(b, h, n, v.shape[-1])
         entries = sum(g.count * h * p.regions * p.size**2 for g in groups for p in g.parts)
         keep = entries * q.element_size() <= KEEP_BYTES
-        kept = []
-        for group, part, (qp, kp, vp) in _visits(groups, q, k, v):
-            mask = part.blocks(bias[0])
+        blocks, kept = [], []
+        for group, part in _parts(groups):
+            qp, kp, vp = (_block(t, group, part) for t in (q, k, v))
+            blocks += [qp, kp, vp]
+            hr, size = h * part.regions, part.size
+            mask = part.blocks(bias[0]).view(hr, size, size)
             op = _target(out, group, part, vp)
             step, chunks = _chunks(group, part, h, q.element_size())
-            buf = q.new_empty(step, *qp.shape[1:-1], part.size)
+            buf = q.new_empty(step, hr, size, size)
             for c in chunks:
-                p = _probabilities(qp, kp, mask, c, buf[:c.stop - c.start])
-                torch.matmul(p, vp[c], out=op[c])
+                rows = slice(c.start * hr, c.stop * hr)
+                s = buf[:c.stop - c.start]
+                torch.bmm(qp[rows], kp[rows].transpose(1, 2), out=s.view(-1, size, size))
+                p = s.add_(mask).softmax(dim=-1).view(-1, size, size)
+                torch.bmm(p, vp[rows], out=op[rows])
                 if keep:
                     kept.append(p)
             _scatter(out, group, part, op)
-        ctx.groups = groups
-        ctx.save_for_backward(q, k, v, bias, out, *kept)
+        ctx.groups, ctx.shapes = groups, (q.shape, k.shape, v.shape)
+        # The blocks, not q, k and v: the backward takes them as they are (the same memory, as a view or as
+        # the one copy the forward made).
+        ctx.save_for_backward(bias, out, *blocks, *kept)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, bias, out, *kept = ctx.saved_tensors
-        groups = ctx.groups
-        h = q.shape[1]
-        # Contiguous gradients whatever the inputs' strides (a scaled q or an inheriting layer's v is laid
-        # out transposed, and empty_like would keep that): matmul then writes each chunk in place, where a
-        # strided out= costs a temporary and a copy per chunk and breaks torch.compile's graph.
-        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+        bias, out, *saved = ctx.saved_tensors
+        parts = _parts(ctx.groups)
+        blocks, kept = saved[:3 * len(parts)], iter(saved[3 * len(parts):])
+        recompute = len(saved) == len(blocks)
+        h = bias.shape[1]
+        # Contiguous gradients whatever the inputs' strides: each chunk's products write in place.
+        dq, dk, dv = (out.new_empty(shape) for shape in ctx.shapes)
         dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
         # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dout * out).
-        rows = (dout * out).sum(-1, keepdim=True)
-        recompute, kept = not kept, iter(kept)
-        for group, part, (qp, kp, vp, dop, rp) in _visits(groups, q, k, v, dout, rows):
+        rowsums = (dout * out).sum(-1, keepdim=True)
+        for i, (group, part) in enumerate(parts):
+            qp, kp, vp = blocks[3 * i:3 * i + 3]
+            dop, rp = _block(dout, group, part), _block(rowsums, group, part)
+            hr, size = h * part.regions, part.size
             dqp, dkp, dvp = (_target(g, group, part, t) for g, t in ((dq, qp), (dk, kp), (dv, vp)))
             whole = part.tokens is None
             dmask = None
             if dbias is not None:
-                dmask = part.blocks(dbias[0]) if whole else dbias.new_zeros(h, part.regions, part.size, part.size)
-            mask = part.blocks(bias[0]) if recompute else None
-            step, chunks = _chunks(group, part, h, q.element_size())
-            buf_s = None if mask is None else q.new_empty(step, *qp.shape[1:-1], part.size)
-            buf_d = q.new_empty(step, *qp.shape[1:-1], part.size)
+                dmask = part.blocks(dbias[0]) if whole else dbias.new_zeros(h, part.regions, size, size)
+                dmask = dmask.view(hr, size, size)
+            mask = part.blocks(bias[0]).view(hr, size, size) if recompute else None
+            step, chunks = _chunks(group, part, h, out.element_size())
+            buf_s = None if mask is None else out.new_empty(step, hr, size, size)
+            buf_d = out.new_empty(step * hr, size, size)
             for c in chunks:
                 m = c.stop - c.start
-                p = next(kept) if mask is None else _probabilities(qp, kp, mask, c, buf_s[:m])
-                torch.matmul(p.transpose(-2, -1), dop[c], out=dvp[c])
-                ds = torch.matmul(dop[c], vp[c].transpose(-2, -1), out=buf_d[:m]).sub_(rp[c]).mul_(p)
-                torch.matmul(ds, kp[c], out=dqp[c])
-                torch.matmul(ds.transpose(-2, -1), qp[c], out=dkp[c])
+                rows = slice(c.start * hr, c.stop * hr)
+                if mask is None:
+                    p = next(kept)
+                else:
+                    s = buf_s[:m]
+                    torch.bmm(qp[rows], kp[rows].transpose(1, 2), out=s.view(-1, size, size))
+                    p = s.add_(mask).softmax(dim=-1).view(-1, size, size)
+                torch.bmm(p.transpose(1, 2), dop[rows], out=dvp[rows])
+                ds = torch.bmm(dop[rows], vp[rows].transpose(1, 2), out=buf_d[:m * hr]).sub_(rp[rows]).mul_(p)
+                torch.bmm(ds, kp[rows], out=dqp[rows])
+                torch.bmm(ds.transpose(1, 2), qp[rows], out=dkp[rows])
                 if dmask is not None:
-                    dmask.add_(ds[0] if m == 1 else ds.sum(0))
+                    dmask.add_(ds if m == 1 else ds.view(m, hr, size, size).sum(0))
             for g, gp in ((dq, dqp), (dk, dkp), (dv, dvp)):
                 _scatter(g, group, part, gp)
             if dmask is not None and not whole:
