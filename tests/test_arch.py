@@ -377,16 +377,19 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
 
 
 def test_shifted_factors_equal_f_of_logits():
-    """Q' K'^T equals F applied to scale * q k^T (zero padding), at every padded width."""
+    """Q' K'^T equals F applied to scale * q k^T (zero padding), at every padded width, in the training form
+    and in the plain one (inference, graph capture), which also agree with each other."""
     from msrasr_arch.archs.shared_attention import _shifted_factors
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(3, 2, 9, 5, generator=g), torch.randn(3, 2, 9, 5, generator=g)
     w = torch.randn(2, 3, 3, generator=g)
     want = torch.nn.functional.conv2d(q @ k.transpose(-2, -1), w.unsqueeze(1), padding=1, groups=2)
     for width in (15, 16, 32):
-        qq, kk = _shifted_factors(q, k, w, width)
-        assert qq.shape == kk.shape == (3, 2, 9, width)
-        assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
+        forms = [_shifted_factors(q, k, w, width, written_backward) for written_backward in (True, False)]
+        for qq, kk in forms:
+            assert qq.shape == kk.shape == (3, 2, 9, width)
+            assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*forms))
 
 
 @pytest.mark.parametrize('written_backward', [True, False])

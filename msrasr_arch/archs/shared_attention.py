@@ -103,33 +103,56 @@ def _factors(q, k, w, width: int):
     return _shift_stack(q, size, width), torch.cat(blocks + [kp.new_zeros(bw, h, n, width - wide)], -1)
 
 
+def _windows_of_rows(x: torch.Tensor, size: int, width: int) -> torch.Tensor:
+    """:func:`_shift_stack`, contiguous, by one sliding ``unfold`` over the flattened rows of the padded x and one
+    copy (no ONNX export with free sizes; training only)."""
+    bw, h, n, e = x.shape
+    r = size // 2
+    rows = F.pad(x, (0, 0, r, r)).reshape(bw, h, -1).unfold(2, size * e, e)
+    return F.pad(rows, (0, width - size * e)) if width > size * e else rows.contiguous()
+
+
+def _mixing(w: torch.Tensor, e: int) -> torch.Tensor:
+    """``(h, size * e, size * e)``: block ``(a, b)`` is ``w[a, b] I_e``, so that block ``b`` of ``X @ mixing`` is
+    ``sum_a w[a, b] X_a`` over the ``e``-channel blocks ``X_a`` of ``X``."""
+    h, size = w.shape[0], w.shape[-1]
+    eye = torch.eye(e, dtype=w.dtype, device=w.device)
+    return torch.einsum('hab,cd->hacbd', w, eye).reshape(h, size * e, size * e)
+
+
 class _ShiftedFactors(torch.autograd.Function):
-    """:func:`_factors` with the backward written out: through autograd, each shifted slice of the padded
-    q and k gives back a zero-filled gradient of the whole padded tensor."""
+    """:func:`_factors` for training, with the backward written out: Q' is the padded q's sliding rows, K' the
+    padded k's sliding rows (kept for the backward, where they give F's gradient) times :func:`_mixing`, each
+    built in one pass; through autograd, each shifted slice of the padded q and k gives back a zero-filled
+    gradient of the whole padded tensor."""
 
     @staticmethod
     def forward(ctx, q, k, w, width):
-        ctx.save_for_backward(k, w)
-        return _factors(q, k, w, width)
+        e, size = k.shape[-1], w.shape[-1]
+        rows = _windows_of_rows(k, size, size * e)
+        ctx.save_for_backward(rows, w)
+        # Block a of K' is sum_b w[a, b] k[j + b - r]: k's sliding rows times the transposed mixing.
+        mixing = F.pad(_mixing(w, e).transpose(-2, -1), (0, width - size * e))
+        return _windows_of_rows(q, size, width), torch.matmul(rows, mixing)
 
     @staticmethod
     def backward(ctx, dq_out, dk_out):
-        k, w = ctx.saved_tensors
-        e, size = k.shape[-1], w.shape[-1]
+        rows, w = ctx.saved_tensors
+        size = w.shape[-1]
+        e = rows.shape[-1] // size
         wide = size * e
         dq = dk = dw = None
         if ctx.needs_input_grad[0]:
             dq = _shift_sum([dq_out[..., a * e:(a + 1) * e] for a in range(size)])
         if ctx.needs_input_grad[1]:
-            # Block b of dK'_wide @ (w kron I_e) is sum_a w[a, b] dK'_a: one matmul, where a product per
-            # tap over the strided e-channel blocks took 5x as long.
-            mixing = torch.einsum('hab,cd->hacbd', w, torch.eye(e, dtype=w.dtype, device=w.device))
-            g = torch.matmul(dk_out[..., :wide], mixing.reshape(1, -1, wide, wide))
+            # Block b of dK'_wide @ mixing is sum_a w[a, b] dK'_a: one matmul, where a product per tap over
+            # the strided e-channel blocks took 5x as long.
+            g = torch.matmul(dk_out[..., :wide], _mixing(w, e))
             dk = _shift_sum([g[..., b * e:(b + 1) * e] for b in range(size)])
         if ctx.needs_input_grad[2]:
             # dw[a, b] = sum over windows, rows and channels of dK'_a[j, c] k[j + b - r, c]: the diagonals of
-            # the (wide x wide) blocks of dK'^T [k shifted by -r..r], one batched matmul.
-            c = torch.matmul(dk_out[..., :wide].transpose(-2, -1), _shift_stack(k, size, wide)).sum(0)
+            # the (wide x wide) blocks of dK'^T rows, one batched matmul.
+            c = torch.matmul(dk_out[..., :wide].transpose(-2, -1), rows).sum(0)
             dw = c.view(-1, size, e, size, e).diagonal(dim1=2, dim2=4).sum(-1)
         return dq, dk, dw, None
 
@@ -142,11 +165,12 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     0..N-1), so ``Q' K'^T = F(scale * q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
     zero in both.
 
-    Q' is one concatenation of row-shifted views of the padded q (a sliding ``unfold`` over the flattened
-    rows is 3x faster but has no ONNX export with free sizes); K' is accumulated over whole contiguous rows
-    of the padded k (``e``-float blocks one by one do not vectorise), block by block, and laid out by the
-    same concatenation. One form for inference, training and graph capture; ``written_backward`` (the
-    backend's choice) only says whether the gradients come from :class:`_ShiftedFactors` or from autograd.
+    ``written_backward`` (the backend's choice, training): :class:`_ShiftedFactors`, sliding ``unfold`` s and
+    one matmul, with its written-out backward. Otherwise (inference, graph capture) plain operators that
+    ONNX exports with free sizes, which ``unfold`` over the flattened rows does not: Q' is one concatenation
+    of row-shifted views of the padded q; K' is accumulated over whole contiguous rows of the padded k
+    (``e``-float blocks one by one do not vectorise), block by block, and laid out by the same concatenation.
+    Both give the same values.
     """
     return _ShiftedFactors.apply(q, k, w, width) if written_backward else _factors(q, k, w, width)
 
