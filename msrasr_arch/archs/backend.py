@@ -92,21 +92,19 @@ def sdpa(backend: Backend, q, k, v, attn_mask: Optional[torch.Tensor] = None, sc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-def attend(backend: Backend, q, k, v, bias, scale: float, layout, d: int) -> torch.Tensor:
-    """Softmax attention of ``q``, ``k`` (bw, h, N, e) and ``v`` (bw, h, N, ev >= d) with the additive ``bias``
-    (h, N, N) and the window layout's masks: the first ``d`` channels of each head's output, token-major
+def attend(backend: Backend, q, k, v, bias, layout, d: int) -> torch.Tensor:
+    """Softmax attention of ``q`` (scaled), ``k`` (bw, h, N, e) and ``v`` (bw, h, N, ev >= d) with the additive
+    ``bias`` (h, N, N) and the window layout's masks: the first ``d`` channels of each head's output, token-major
     ``(bw, N, h * d)``, the layout ``proj`` reads."""
     bw, h, n, _ = q.shape
     if backend.name == 'chunked':
-        q = q * scale if scale != 1.0 else q  # scaling q costs N x e, scaling the logits N x N
-
         def kernel(q, k, v, attn_mask, groups=None):
             return chunked_attention(q, k, v, attn_mask, groups)[..., :d]
     else:
         # SDPA's fused CPU kernel needs 4-D inputs, a 4-D mask and equal q/v widths; anything else drops
         # to the math path, which materialises the maps.
         def kernel(q, k, v, attn_mask):
-            return sdpa(backend, q, k, v, attn_mask=attn_mask, scale=scale)[..., :d]
+            return sdpa(backend, q, k, v, attn_mask=attn_mask, scale=1.0)[..., :d]
 
     if layout.mask is not None:
         # Raster shifted windows (graph capture): fold the windows into the heads, one (1, nW*h, N, N) mask.

@@ -40,25 +40,32 @@ ATTN_IMPLS = ('fused', 'reference')
 class SharedLogits(NamedTuple):
     """What a layer hands to the layer that inherits from it (per window, per head).
 
-    ``fused``: ``q`` and ``k`` (B*nW, h, N, e), ``bias`` (h, N, N), contiguous, and ``scale``: the logits are
-    ``scale * q @ k^T + bias``; ``values`` (M, h): the distinct values ``bias`` is gathered from (see
-    :mod:`.bias_maps`), which the next ``F`` transforms. ``reference``: ``logits`` (B*nW, h, N, N).
+    ``fused``: ``q`` and ``k`` (B*nW, h, N, e) and ``bias`` (h, N, N), contiguous: the logits are
+    ``q @ k^T + bias`` (a computing layer's q comes scaled); ``values`` (M, h): the distinct values ``bias`` is
+    gathered from (see :mod:`.bias_maps`), which the next ``F`` transforms. ``reference``: ``logits`` (B*nW, h, N, N).
     """
     q: Optional[torch.Tensor] = None
     k: Optional[torch.Tensor] = None
     bias: Optional[torch.Tensor] = None
-    scale: float = 1.0
     values: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
 
 
-def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, width: int) -> torch.Tensor:
+def _padded_linear(x: torch.Tensor, linear: nn.Linear, blocks: int, e: int, width: int,
+                   scales: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``linear(x)`` with each of its ``blocks`` output blocks of ``e`` channels followed by ``width - e`` zero
-    channels: zero weight rows cost a few extra multiply-adds, where padding the output would cost a copy."""
-    if width == e:
-        return linear(x)
-    weight = F.pad(linear.weight.view(blocks, e, -1), (0, 0, 0, width - e)).view(blocks * width, -1)
-    bias = None if linear.bias is None else F.pad(linear.bias.view(blocks, e), (0, width - e)).view(-1)
+    channels: zero weight rows cost a few extra multiply-adds, where padding the output would cost a copy.
+    ``scales`` (G, 1, 1): factors for G equal groups of output rows, applied to the weight and bias (the logit
+    scale folded into q's rows costs a 180 x 60 product, where scaling q costs a pass over it and its
+    gradient)."""
+    weight, bias = linear.weight, linear.bias
+    if scales is not None:
+        g = scales.shape[0]
+        weight = (weight.view(g, -1, weight.shape[-1]) * scales).view(weight.shape)
+        bias = None if bias is None else (bias.view(g, -1) * scales.view(g, 1)).view(-1)
+    if width != e:
+        weight = F.pad(weight.view(blocks, e, -1), (0, 0, 0, width - e)).view(blocks * width, -1)
+        bias = None if bias is None else F.pad(bias.view(blocks, e), (0, width - e)).view(-1)
     return F.linear(x, weight, bias)
 
 
@@ -160,9 +167,9 @@ class _ShiftedFactors(torch.autograd.Function):
 def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, written_backward: bool = True):
     """Q' and K' of architecture.md section 8, each ``(bw, h, N, width)``.
 
-    ``q``, ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel (times the logit scale).
+    ``q`` (scaled), ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel.
     ``Q'[i, a]`` is ``q[i + a - r]`` and ``K'[j, a]`` is ``sum_b w[a, b] k[j + b - r]`` (zero outside
-    0..N-1), so ``Q' K'^T = F(scale * q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
+    0..N-1), so ``Q' K'^T = F(q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
     zero in both.
 
     ``written_backward`` (the backend's choice, training): :class:`_ShiftedFactors`, sliding ``unfold`` s and
@@ -207,6 +214,7 @@ class SharedWindowAttention(nn.Module):
         self.computes = computes
         if computes:
             self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+            self.register_buffer('qkv_scales', torch.tensor([self.scale, 1.0, 1.0]).view(3, 1, 1), persistent=False)
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1)**2, num_heads))
             trunc_normal_(self.relative_position_bias_table, std=.02)
             self.register_buffer('relative_position_index', map_index(window_size, transform_kernel, 0),
@@ -252,17 +260,16 @@ class SharedWindowAttention(nn.Module):
         h, d, backend = self.num_heads, self.head_dim, self.backend
         if self.computes:
             width = backend.width(d)
-            qkv = _padded_linear(x, self.qkv, 3 * h, d, width).view(bw, n, 3, h, width)
+            # q comes out scaled (the logits are q k^T + B): nothing scales it or its gradient again.
+            qkv = _padded_linear(x, self.qkv, 3 * h, d, width, self.qkv_scales).view(bw, n, 3, h, width)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype), scale=self.scale,
+            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype),
                                  values=self.relative_position_bias_table)
-            scale = self.scale
         else:
             state, q, k = self._transform(shared)
-            scale = 1.0
             width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
-        return self.proj(attend(backend, q, k, v, state.bias, scale, layout, d)), state
+        return self.proj(attend(backend, q, k, v, state.bias, layout, d)), state
 
     def _reference(self, x: torch.Tensor, layout: WindowLayout, shared: Optional[SharedLogits]):
         """The literal form: logits materialised, ``F`` a conv over them, the mask added per window."""
@@ -288,11 +295,11 @@ class SharedWindowAttention(nn.Module):
         return gather_map(values, self.transform_index), values
 
     def _transform(self, shared: SharedLogits):
-        """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (scale folded
-        in, padded to the backend's head width)."""
+        """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (padded to the
+        backend's head width)."""
         conv, backend = self.transform, self.backend
         if conv is None:
-            q, k, wide = shared.q * shared.scale, shared.k, shared.q.shape[-1]
+            q, k, wide = shared.q, shared.k, shared.q.shape[-1]
             width = backend.width(wide)
             if width != wide:
                 q, k = F.pad(q, (0, width - wide)), F.pad(k, (0, width - wide))
@@ -301,8 +308,7 @@ class SharedWindowAttention(nn.Module):
         h, e = self.num_heads, shared.q.shape[-1]
         size = conv.kernel_size[0]
         wide = size * e
-        w = conv.weight.view(h, size, size).to(shared.k.dtype) * shared.scale
+        w = conv.weight.view(h, size, size).to(shared.k.dtype)
         q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), backend.written_backward)
-        state = SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias.to(shared.bias.dtype), scale=1.0,
-                             values=values)
+        state = SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias.to(shared.bias.dtype), values=values)
         return state, q, k
