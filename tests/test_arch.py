@@ -377,7 +377,7 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
 
 
 def test_shifted_factors_equal_f_of_logits():
-    """Q' K'^T equals F applied to scale * q k^T (zero padding), at every padded width, in the training form
+    """Q' K'^T equals F applied to q k^T (zero padding), at every padded width, in the training form
     and in the plain one (inference, graph capture), which also agree with each other."""
     from msrasr_arch.archs.shared_attention import _shifted_factors
     g = torch.Generator().manual_seed(0)

@@ -38,6 +38,14 @@ def _chunks(group, part, heads: int, itemsize: int):
     return min(step, group.count), [slice(s, min(s + step, group.count)) for s in range(0, group.count, step)]
 
 
+def _probabilities(qp, kp, mask, rows: slice, out: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T + mask)`` of the blocks' ``rows`` (a chunk of windows), the logits computed in ``out``
+    (windows, heads * regions, size, size); returned as ``(rows, size, size)``."""
+    size = mask.shape[-1]
+    torch.bmm(qp[rows], kp[rows].transpose(1, 2), out=out.view(-1, size, size))
+    return out.add_(mask).softmax(dim=-1).view(-1, size, size)
+
+
 def _parts(groups):
     """Each group and part, in the order both passes take them."""
     return [(group, part) for group in groups for part in group.parts]
@@ -84,9 +92,7 @@ class _ChunkedAttention(torch.autograd.Function):
             buf = q.new_empty(step, hr, size, size)
             for c in chunks:
                 rows = slice(c.start * hr, c.stop * hr)
-                s = buf[:c.stop - c.start]
-                torch.bmm(qp[rows], kp[rows].transpose(1, 2), out=s.view(-1, size, size))
-                p = s.add_(mask).softmax(dim=-1).view(-1, size, size)
+                p = _probabilities(qp, kp, mask, rows, buf[:c.stop - c.start])
                 torch.bmm(p, vp[rows], out=op[rows])
                 if keep:
                     kept.append(p)
@@ -126,12 +132,7 @@ class _ChunkedAttention(torch.autograd.Function):
             for c in chunks:
                 m = c.stop - c.start
                 rows = slice(c.start * hr, c.stop * hr)
-                if mask is None:
-                    p = next(kept)
-                else:
-                    s = buf_s[:m]
-                    torch.bmm(qp[rows], kp[rows].transpose(1, 2), out=s.view(-1, size, size))
-                    p = s.add_(mask).softmax(dim=-1).view(-1, size, size)
+                p = next(kept) if mask is None else _probabilities(qp, kp, mask, rows, buf_s[:m])
                 torch.bmm(p.transpose(1, 2), dop[rows], out=dvp[rows])
                 ds = torch.bmm(dop[rows], vp[rows].transpose(1, 2), out=buf_d[:m * hr]).sub_(rp[rows]).mul_(p)
                 torch.bmm(ds, kp[rows], out=dqp[rows])
