@@ -10,9 +10,10 @@ interleaved rounds, median milliseconds of forward + backward.
   conv over the channels-last ``(1, h, N, N)`` map with oneDNN's backward, the map made contiguous for
   the attention.
 * ``Q' and K'``: an inheriting layer's factors at window 16, 6 heads of 10 channels padded to 32, from the
-  token-major q and k of 64 windows (batch 4 of 64x64 LR patches), forward alone (inference) and forward
-  + backward (training), against the previous form: each ``K'`` block a sum of products started from 0,
-  stacked, transposed and padded in three copies, all gradients through autograd.
+  token-major q and k of 64 windows (batch 4 of 64x64 LR patches). Forward alone (inference): sliding
+  unfolds and one matmul (current) against the plain operators that graph capture records (which inference
+  ran before). Forward + backward (training): current against the previous form: each ``K'`` block a sum of
+  products started from 0, stacked, transposed and padded in three copies, all gradients through autograd.
 * ``depth-wise weight gradient``: 7x7 over a channels-last (4, 120, P, P) map, the FFN's, with the batch
   folded into the channels image-major (current) against channel-major after padding (previous).
 * ``shifted windows``: the CPU training attention of one shifted layer (window 16, 6 heads of width 16,
@@ -119,10 +120,13 @@ def shifted_factors(rounds):
         with torch.no_grad():
             return factors(form)
 
+    def plain(*args):
+        return _shifted_factors(*args, plain=True)
+
     report("Q' and K', forward (inference)", {
-        'current': lambda: infer(lambda *a: _shifted_factors(*a, written_backward=False)),
-        'previous': lambda: infer(_previous_factors)
-    }, (infer(_shifted_factors), infer(_previous_factors)), rounds)
+        'current': lambda: infer(_shifted_factors),
+        'plain': lambda: infer(plain)
+    }, (infer(_shifted_factors), infer(plain)), rounds)
     report("Q' and K', forward + backward (training)", {
         'current': lambda: train(_shifted_factors),
         'previous': lambda: train(_previous_factors)

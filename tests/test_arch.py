@@ -320,14 +320,24 @@ def test_msdwconv_training_merge_matches_branches():
 
 
 def test_graph_capture_path_matches_grouped_windows(monkeypatch):
-    """While tracing/exporting, shifted windows use one folded mask instead of the cached groups."""
-    from msrasr_arch.archs import window
+    """While tracing/exporting, shifted windows use one folded mask instead of the cached groups, and the
+    inheriting layers build Q' and K' with the plain operators instead of sliding unfolds."""
+    from msrasr_arch.archs import shared_attention, window
+    plain, plain_calls = shared_attention._factors, []
+
+    def counted(*args):
+        plain_calls.append(args)
+        return plain(*args)
+
+    monkeypatch.setattr(shared_attention, '_factors', counted)
     net = perturbed(MSRASR(upscale=2, **TINY)).eval()
     x = torch.rand(2, 3, 21, 18)
     with torch.no_grad():
         grouped = net(x)
+        assert not plain_calls
         monkeypatch.setattr(window, 'capturing_for_all_sizes', lambda: True)
         folded = net(x)
+    assert len(plain_calls) == sum(1 for m in net.modules() if getattr(m, 'transform', None) is not None)
     assert (grouped - folded).abs().max().item() < 1e-6
 
 
@@ -366,7 +376,7 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
 
     def sdpa_in_training(device, training, reference=False):
         if training and not reference:
-            return Backend('sdpa', head_multiple=8, written_backward=True)
+            return Backend('sdpa', head_multiple=8)
         return choose_backend(device, training, reference)
 
     monkeypatch.setattr(arch_module, 'choose_backend', sdpa_in_training)
@@ -377,24 +387,24 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
 
 
 def test_shifted_factors_equal_f_of_logits():
-    """Q' K'^T equals F applied to q k^T (zero padding), at every padded width, in the training form
-    and in the plain one (inference, graph capture), which also agree with each other."""
+    """Q' K'^T equals F applied to q k^T (zero padding), at every padded width, in the unfold form and in
+    the plain one (graph capture), which also agree with each other."""
     from msrasr_arch.archs.shared_attention import _shifted_factors
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(3, 2, 9, 5, generator=g), torch.randn(3, 2, 9, 5, generator=g)
     w = torch.randn(2, 3, 3, generator=g)
     want = torch.nn.functional.conv2d(q @ k.transpose(-2, -1), w.unsqueeze(1), padding=1, groups=2)
     for width in (15, 16, 32):
-        forms = [_shifted_factors(q, k, w, width, written_backward) for written_backward in (True, False)]
+        forms = [_shifted_factors(q, k, w, width, plain) for plain in (False, True)]
         for qq, kk in forms:
             assert qq.shape == kk.shape == (3, 2, 9, width)
             assert torch.allclose(qq @ kk.transpose(-2, -1), want, atol=1e-5)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*forms))
 
 
-@pytest.mark.parametrize('written_backward', [True, False])
+@pytest.mark.parametrize('plain', [False, True])
 @pytest.mark.parametrize('size', [1, 3, 5])
-def test_shifted_factors_gradients(size, written_backward):
+def test_shifted_factors_gradients(size, plain):
     """Q' and K''s gradients against finite differences (float64), for q, k and F's kernel, written out
     (training) or by autograd (what graph capture records), with zero padding channels, from non-contiguous q
     and k as the attention passes them."""
@@ -405,7 +415,7 @@ def test_shifted_factors_gradients(size, written_backward):
 
     def factors(qk, w):
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (2, 2, 7, 3) views, token-major underneath
-        return _shifted_factors(q, k, w, size * 3 + 2, written_backward)
+        return _shifted_factors(q, k, w, size * 3 + 2, plain)
 
     assert torch.autograd.gradcheck(factors, (qk, w))
 
@@ -504,8 +514,8 @@ def test_backend_decided_by_device_and_mode():
         return {m.backend for m in net.modules() if isinstance(m, (SharedWindowAttention, CrossScaleAttention))}
 
     net = MSRASR(upscale=2, **TINY)
-    assert {(b.name, b.written_backward) for b in backends(net.train())} == {('chunked', True)}
-    assert {(b.name, b.written_backward) for b in backends(net.eval())} == {('sdpa', False)}
+    assert {(b.name, b.split_dw_backward) for b in backends(net.train())} == {('chunked', True)}
+    assert {(b.name, b.split_dw_backward) for b in backends(net.eval())} == {('sdpa', False)}
     assert {(b.name, b.head_multiple) for b in backends(net.to(torch.float64))} == {('sdpa', 16)}
     assert {b.name for b in backends(net.set_attn_impl('reference').train())} == {'reference'}
     with torch.device('meta'):

@@ -44,14 +44,11 @@ _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 class Backend(NamedTuple):
     """An execution choice. ``name``: ``reference``, ``sdpa`` or ``chunked``; ``head_multiple``: head widths
     are padded to a multiple of it; ``cuda``: SDPA runs with cuDNN left out; ``split_dw_backward``: see
-    :func:`~.depthwise.depthwise_conv2d`; ``written_backward``: an inheriting layer's Q' and K' take their
-    written-out backward (training; the plain operators otherwise, which ONNX's tracer records: it cannot
-    inline the Function)."""
+    :func:`~.depthwise.depthwise_conv2d`."""
     name: str
     head_multiple: int = 1
     cuda: bool = False
     split_dw_backward: bool = False
-    written_backward: bool = False
 
     @property
     def reference(self) -> bool:
@@ -77,11 +74,10 @@ def choose_backend(device: torch.device, training: bool, reference: bool = False
     if reference:
         return REFERENCE
     if device.type == 'cuda':
-        return Backend('sdpa', head_multiple=8, cuda=True, written_backward=training)
+        return Backend('sdpa', head_multiple=8, cuda=True)
     if device.type == 'cpu':
-        return Backend('chunked' if training else 'sdpa', head_multiple=16, split_dw_backward=training,
-                       written_backward=training)
-    return Backend('sdpa', written_backward=training)  # meta (counting), mps...
+        return Backend('chunked' if training else 'sdpa', head_multiple=16, split_dw_backward=training)
+    return Backend('sdpa')  # meta (counting), mps...
 
 
 def sdpa(backend: Backend, q, k, v, attn_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None):

@@ -112,7 +112,7 @@ def _factors(q, k, w, width: int):
 
 def _windows_of_rows(x: torch.Tensor, size: int, width: int) -> torch.Tensor:
     """:func:`_shift_stack`, contiguous, by one sliding ``unfold`` over the flattened rows of the padded x and one
-    copy (no ONNX export with free sizes; training only)."""
+    copy (no ONNX export with free sizes)."""
     bw, h, n, e = x.shape
     r = size // 2
     rows = F.pad(x, (0, 0, r, r)).reshape(bw, h, -1).unfold(2, size * e, e)
@@ -128,10 +128,10 @@ def _mixing(w: torch.Tensor, e: int) -> torch.Tensor:
 
 
 class _ShiftedFactors(torch.autograd.Function):
-    """:func:`_factors` for training, with the backward written out: Q' is the padded q's sliding rows, K' the
-    padded k's sliding rows (kept for the backward, where they give F's gradient) times :func:`_mixing`, each
-    built in one pass; through autograd, each shifted slice of the padded q and k gives back a zero-filled
-    gradient of the whole padded tensor."""
+    """:func:`_factors` by sliding rows, with the backward written out: Q' is the padded q's sliding rows, K'
+    the padded k's sliding rows (kept for the backward, where they give F's gradient) times :func:`_mixing`,
+    each built in one pass; through autograd, each shifted slice of the padded q and k gives back a
+    zero-filled gradient of the whole padded tensor."""
 
     @staticmethod
     def forward(ctx, q, k, w, width):
@@ -164,7 +164,7 @@ class _ShiftedFactors(torch.autograd.Function):
         return dq, dk, dw, None
 
 
-def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, written_backward: bool = True):
+def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, plain: bool = False):
     """Q' and K' of architecture.md section 8, each ``(bw, h, N, width)``.
 
     ``q`` (scaled), ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel.
@@ -172,14 +172,15 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     0..N-1), so ``Q' K'^T = F(q k^T)`` with F's zero padding. Channels beyond ``(2r+1) * e`` are
     zero in both.
 
-    ``written_backward`` (the backend's choice, training): :class:`_ShiftedFactors`, sliding ``unfold`` s and
-    one matmul, with its written-out backward. Otherwise (inference, graph capture) plain operators that
-    ONNX exports with free sizes, which ``unfold`` over the flattened rows does not: Q' is one concatenation
-    of row-shifted views of the padded q; K' is accumulated over whole contiguous rows of the padded k
-    (``e``-float blocks one by one do not vectorise), block by block, and laid out by the same concatenation.
-    Both give the same values.
+    By default :class:`_ShiftedFactors`: sliding ``unfold`` s and one matmul, with a written-out backward
+    (in inference too: 0.96-0.97x the plain form's whole forward at 128x128 and 256x256 inputs on 2 cores).
+    ``plain`` (while a graph is captured for every size, see :class:`~.window.WindowLayout`): operators that
+    ONNX exports with free sizes, which ``unfold`` over the flattened rows does not (its traced step is a
+    number): Q' is one concatenation of row-shifted views of the padded q; K' is accumulated over whole
+    contiguous rows of the padded k (``e``-float blocks one by one do not vectorise), block by block, and
+    laid out by the same concatenation. Both give the same values.
     """
-    return _ShiftedFactors.apply(q, k, w, width) if written_backward else _factors(q, k, w, width)
+    return _factors(q, k, w, width) if plain else _ShiftedFactors.apply(q, k, w, width)
 
 
 class SharedWindowAttention(nn.Module):
@@ -266,7 +267,7 @@ class SharedWindowAttention(nn.Module):
             state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype),
                                  values=self.relative_position_bias_table)
         else:
-            state, q, k = self._transform(shared)
+            state, q, k = self._transform(shared, layout.captured)
             width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
         return self.proj(attend(backend, q, k, v, state.bias, layout, d)), state
@@ -294,9 +295,9 @@ class SharedWindowAttention(nn.Module):
         values = transform_values(values, self.transform_keys, conv.weight, conv.bias)
         return gather_map(values, self.transform_index), values
 
-    def _transform(self, shared: SharedLogits):
+    def _transform(self, shared: SharedLogits, captured: bool):
         """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (padded to the
-        backend's head width)."""
+        backend's head width). ``captured``: the layout's (plain operators while a graph is captured)."""
         conv, backend = self.transform, self.backend
         if conv is None:
             q, k, wide = shared.q, shared.k, shared.q.shape[-1]
@@ -309,6 +310,6 @@ class SharedWindowAttention(nn.Module):
         size = conv.kernel_size[0]
         wide = size * e
         w = conv.weight.view(h, size, size).to(shared.k.dtype)
-        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), backend.written_backward)
+        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), captured)
         state = SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias.to(shared.bias.dtype), values=values)
         return state, q, k

@@ -166,13 +166,16 @@ class WindowLayout:
         groups: :class:`WindowGroup` s in window order, grouped form; ``()`` in the raster form and for
             regular windows (all whole windows).
         mask: ``(nW, N, N)`` in the raster form of a shifted layout, else None.
+        captured: a graph that must serve every size is being captured (tracing, ONNX export): the layers
+            then use operators the tracer records with free sizes.
     """
 
     def __init__(self, *, window_size: int, shift: int, hw: Tuple[int, int], groups: tuple = (),
                  mask: Optional[torch.Tensor] = None, gather: Optional[torch.Tensor] = None,
-                 scatter: Optional[torch.Tensor] = None):
+                 scatter: Optional[torch.Tensor] = None, captured: bool = False):
         self.window_size, self.shift, self.hw = window_size, shift, hw
         self.groups, self.mask, self._gather, self._scatter = groups, mask, gather, scatter
+        self.captured = captured
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B * nW, N, C) in this layout's window order."""
@@ -236,7 +239,8 @@ _grouped_cached = functools.lru_cache(maxsize=16)(_grouped)
 
 def capturing_for_all_sizes() -> bool:
     """True while tracing or exporting (ONNX): the graph must then serve every size, so nothing may be
-    specialised on it (the window groups, whose count and indices depend on the size)."""
+    specialised on it (the window groups, whose count and indices depend on the size; an inheriting layer's
+    sliding ``unfold`` s, whose traced steps are fixed numbers)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
@@ -250,12 +254,13 @@ def window_layout(b, h, w, *, window_size: int, shift: int, device, dtype, group
     implementation), while tracing or exporting, and for the symbolic sizes ``torch.compile`` passes after
     a size change.
     """
+    captured = capturing_for_all_sizes()
     if not shift:
-        return WindowLayout(window_size=window_size, shift=0, hw=(h, w))
+        return WindowLayout(window_size=window_size, shift=0, hw=(h, w), captured=captured)
     static = all(isinstance(s, int) for s in (b, h, w))
-    if grouped and static and not capturing_for_all_sizes():
+    if grouped and static and not captured:
         if torch.compiler.is_compiling():
             return _grouped(b, h, w, window_size, shift, torch.device(device), False)
         return _grouped_cached(b, h, w, window_size, shift, torch.device(device), torch.is_inference_mode_enabled())
-    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w),
+    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w), captured=captured,
                         mask=_mask(h, w, window_size, shift, torch.device(device), dtype))
