@@ -142,7 +142,7 @@ class _ChunkedAttention(torch.autograd.Function):
             for g, gp in ((dq, dqp), (dk, dkp), (dv, dvp)):
                 _scatter(g, group, part, gp)
             if dmask is not None and not whole:
-                dbias[0].view(h, -1).index_add_(1, part.block, dmask.view(h, -1))
+                dbias[0].view(h, -1).scatter_add_(1, part.block.expand(h, -1), dmask.view(h, -1))
         return dq, dk, dv, dbias, None
 
 
