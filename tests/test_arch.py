@@ -406,8 +406,8 @@ def test_shifted_factors_equal_f_of_logits():
 @pytest.mark.parametrize('size', [1, 3, 5])
 def test_shifted_factors_gradients(size, plain):
     """Q' and K''s gradients against finite differences (float64), for q, k and F's kernel, written out
-    (training) or by autograd (what graph capture records), with zero padding channels, from non-contiguous q
-    and k as the attention passes them."""
+    (the default form) or by autograd (the plain form graph capture records), with zero padding channels, from
+    non-contiguous q and k as the attention passes them."""
     from msrasr_arch.archs.shared_attention import _shifted_factors
     g = torch.Generator().manual_seed(1)
     qk = torch.randn(2, 7, 2, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)

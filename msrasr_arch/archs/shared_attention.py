@@ -173,7 +173,8 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     zero in both.
 
     By default :class:`_ShiftedFactors`: sliding ``unfold`` s and one matmul, with a written-out backward
-    (in inference too: 0.96-0.97x the plain form's whole forward at 128x128 and 256x256 inputs on 2 cores).
+    (in inference too: the whole forward took 0.95-0.97x the plain form's time at 128x128 and 256x256 inputs
+    on 2 cores, ``benchmarks/ab_revision.py``).
     ``plain`` (while a graph is captured for every size, see :class:`~.window.WindowLayout`): operators that
     ONNX exports with free sizes, which ``unfold`` over the flattened rows does not (its traced step is a
     number): Q' is one concatenation of row-shifted views of the padded q; K' is accumulated over whole
