@@ -1,4 +1,6 @@
 """The MSRA-SR architectures: shapes, re-parameterisation, sharing, gradients, state dicts, dtypes."""
+import json
+import os
 import subprocess
 import sys
 
@@ -295,13 +297,14 @@ def test_import_order():
 
 
 def test_profile_command_prints_table():
-    out = subprocess.run([sys.executable, '-m', 'msrasr_cli', 'profile', '-opt', 'light_x2'],
-                         check=True, capture_output=True, text=True).stdout
+    # Both command lines in one subprocess (tests/cli_driver.py): an interpreter start costs seconds.
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), 'cli_driver.py')],
+                          input=json.dumps([['profile', '-opt', 'nope.yml'], ['profile', '-opt', 'light_x2']]),
+                          check=True, capture_output=True, text=True)
+    (bad_code, _, bad_err), (code, out, _) = json.loads(proc.stdout)
+    assert bad_code == 2 and bad_err.count('\n') == 1 and 'nope.yml' in bad_err
     row = next(line for line in out.splitlines() if line.startswith('light_x2'))
-    assert '747.3K' in row and '512x360 (512x368)' in row
-    bad = subprocess.run([sys.executable, '-m', 'msrasr_cli', 'profile', '-opt', 'nope.yml'],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yml' in bad.stderr
+    assert code == 0 and '747.3K' in row and '512x360 (512x368)' in row
 
 
 def test_msdwconv_training_merge_matches_branches():
