@@ -57,6 +57,10 @@ def revision_msrasr(rev: str, folder: str):
         bare.__path__ = [os.path.join(folder, PACKAGE)]
         sys.modules[PACKAGE] = bare
         return importlib.import_module(f'{PACKAGE}.archs.msrasr_arch').MSRASR
+    except Exception as err:  # e.g. an early revision, which registered its archs with BasicSR on import
+        sys.exit(f'ab_revision.py: {rev}: its msrasr_arch.archs cannot be imported beside this checkout\'s '
+                 f'({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}); '
+                 f'use benchmarks/before_after.sh for it')
     finally:
         for name in _own_modules():
             del sys.modules[name]
@@ -69,10 +73,14 @@ def pair(old_class, deploy: bool):
     new = build('msrasr', 'light', deploy)
     opt = get_preset('light_x2')
     opt.pop('type')
-    old = old_class(**opt)
-    if deploy:
-        old = old.reparameterize()
-    old.load_state_dict(new.state_dict())
+    try:
+        old = old_class(**opt)
+        if deploy:
+            old = old.reparameterize()
+        old.load_state_dict(new.state_dict())
+    except (TypeError, RuntimeError) as err:
+        sys.exit(f'ab_revision.py: the revision cannot build this checkout\'s light x2 network: '
+                 f'{str(err).splitlines()[0]}')
     return old, new
 
 
