@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # speed also registers this checkout's archs and applies the torchvision shim
 from speed import add_keep_freed_memory, apply_keep_freed_memory, build, cpu_name, interleaved_times  # noqa: E402
-from speed import training_step  # noqa: E402
+from speed import inference_call, training_step  # noqa: E402
 
 from msrasr_arch.archs.presets import get_preset  # noqa: E402
 
@@ -122,16 +122,7 @@ def main():
         old, new = pair(old_class, deploy=True)
         swinir = build('swinir', 'light', False, size)
         x = torch.rand(1, 3, size, size)
-
-        def forward(net):
-            net.eval()
-
-            def run():
-                with torch.no_grad():
-                    net(x)
-            return run
-
-        report(f'infer@{size}', interleaved_times({name: forward(net) for name, net in (
+        report(f'infer@{size}', interleaved_times({name: inference_call(net, x) for name, net in (
             ('rev', old), ('head', new), ('swinir', swinir))}, args.runs, cpu))
 
 

@@ -22,7 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # speed also registers the archs and applies the torchvision shim
-from speed import ADAM, add_keep_freed_memory, apply_keep_freed_memory, build, training_step  # noqa: E402
+from speed import ADAM, add_keep_freed_memory, apply_keep_freed_memory, build, inference_call  # noqa: E402
+from speed import training_step  # noqa: E402
 
 
 def main():
@@ -50,13 +51,9 @@ def main():
         for model in args.models:
             torch.manual_seed(0)
             msrasr = model.startswith('msrasr')
-            net = build('msrasr' if msrasr else 'swinir', 'light', msrasr, size).eval()
-            x = torch.rand(1, 3, size, size)
-
-            def forward(net=net, x=x):
-                with torch.no_grad():
-                    net(x)
-            show(args, f'{"msrasr (re-parameterised)" if msrasr else model}, inference {size}x{size}', forward)
+            net = build('msrasr' if msrasr else 'swinir', 'light', msrasr, size)
+            show(args, f'{"msrasr (re-parameterised)" if msrasr else model}, inference {size}x{size}',
+                 inference_call(net, torch.rand(1, 3, size, size)))
 
 
 def show(args, title, run):

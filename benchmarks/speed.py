@@ -126,15 +126,21 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def infer_fn(model, args, size, device, dtype):
-    net = prepare(model, args, device, dtype, size).eval()
-    x = torch.rand(1, 3, size, size, device=device)
+def inference_call(net, x, dtype=torch.float32):
+    """One timed inference: ``net`` in eval mode on ``x``, no grad, under autocast for bf16/fp16. Also what
+    ``profile_step.py --infer`` profiles and ``ab_revision.py`` times."""
+    net.eval()
 
     def forward():
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), autocast(x.device, dtype):
             net(x)
 
     return forward
+
+
+def infer_fn(model, args, size, device, dtype):
+    net = prepare(model, args, device, dtype, size)
+    return inference_call(net, torch.rand(1, 3, size, size, device=device), dtype)
 
 
 # Adam's implementations: fused is what MSRASRModel.get_optimizer chooses when the options do not.
