@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from basicsr.archs import build_network
-from msrasr_arch.archs import MSRAGANNet, MSRASR
+from msrasr_arch.archs import MSRAGANNet, MSRASR, native
 from msrasr_arch.archs.ffn import MSDWConv
 from msrasr_arch.archs.presets import PAPER, PRESETS, get_preset
 from msrasr_arch.archs.profile import profile
@@ -345,17 +345,19 @@ def test_graph_capture_path_matches_grouped_windows(monkeypatch):
 
 
 def _assert_training_matches_reference(net, x):
-    """The training-mode network's output and every parameter's gradient, fused against reference."""
+    """The training-mode network's output and every parameter's gradient, fused (the C++ kernel on the CPU
+    where it is built) and in PyTorch operators, against reference."""
     results = {}
-    for impl in ('fused', 'reference'):
+    for impl in ('fused', 'operators', 'reference'):
         net.zero_grad()
         out = net.set_attn_impl(impl)(x)
         (out * torch.linspace(0, 1, out.numel(), device=x.device).view_as(out)).sum().backward()
         results[impl] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
-    (out_f, g_f), (out_r, g_r) = results['fused'], results['reference']
-    assert (out_f - out_r).abs().max().item() < 1e-5
-    for name, g in g_r.items():
-        assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), name
+    out_r, g_r = results.pop('reference')
+    for impl, (out_f, g_f) in results.items():
+        assert (out_f - out_r).abs().max().item() < 1e-5, impl
+        for name, g in g_r.items():
+            assert torch.allclose(g_f[name], g, rtol=1e-3, atol=1e-5), (impl, name)
 
 
 @pytest.mark.parametrize('over', [{}, {'depths': [6], 'attn_transform_kernel': 5}, {'attn_transform_kernel': 0},
@@ -377,10 +379,10 @@ def test_sdpa_training_path_matches_reference_gradients(monkeypatch):
     from msrasr_arch.archs import msrasr_arch as arch_module
     from msrasr_arch.archs.backend import Backend, choose_backend
 
-    def sdpa_in_training(device, training, reference=False):
+    def sdpa_in_training(device, training, reference=False, kernels=True, dtype=torch.float32):
         if training and not reference:
             return Backend('sdpa', head_multiple=8)
-        return choose_backend(device, training, reference)
+        return choose_backend(device, training, reference, kernels, dtype)
 
     monkeypatch.setattr(arch_module, 'choose_backend', sdpa_in_training)
     for over in ({}, {'window_size': 5, 'csa_scales': [5]}):
@@ -516,10 +518,22 @@ def test_backend_decided_by_device_and_mode():
     def backends(net):
         return {m.backend for m in net.modules() if isinstance(m, (SharedWindowAttention, CrossScaleAttention))}
 
+    def operators(net):
+        return {b.operators for b in backends(net)}
+
     net = MSRASR(upscale=2, **TINY)
-    assert {(b.name, b.split_dw_backward) for b in backends(net.train())} == {('chunked', True)}
-    assert {(b.name, b.split_dw_backward) for b in backends(net.eval())} == {('sdpa', False)}
-    assert {(b.name, b.head_multiple) for b in backends(net.to(torch.float64))} == {('sdpa', 16)}
+    # The C++ kernel where it is built (see test_native_attention.py), PyTorch operators otherwise; the
+    # cross-scale attention always runs on SDPA.
+    kernel = native.library() is not None
+    want = {'native', 'chunked'} if kernel else {'chunked'}
+    assert {(b.name, b.split_dw_backward) for b in backends(net.train())} == {(name, True) for name in want}
+    assert {(b.name, b.split_dw_backward) for b in operators(net)} == {('chunked', True)}
+    want = {'native', 'sdpa'} if kernel else {'sdpa'}
+    assert {(b.name, b.split_dw_backward) for b in backends(net.eval())} == {(name, False) for name in want}
+    assert {(b.name, b.head_multiple) for b in operators(net)} == {('sdpa', 16)}
+    assert {b.name for b in backends(net.set_attn_impl('operators'))} == {'sdpa'}
+    # float64 stays in PyTorch operators: the kernel computes in float32.
+    assert {(b.name, b.head_multiple) for b in backends(net.set_attn_impl('fused').to(torch.float64))} == {('sdpa', 16)}
     assert {b.name for b in backends(net.set_attn_impl('reference').train())} == {'reference'}
     with torch.device('meta'):
         assert {(b.name, b.head_multiple) for b in backends(MSRASR(upscale=2, **TINY))} == {('sdpa', 1)}

@@ -3,21 +3,26 @@ for CPU and CUDA specialisations (the way timm decides ``fused_attn`` once).
 
 :func:`choose_backend` runs when a network is built, moved (``.to``, ``.cuda``, ``.half``...) or switched
 between ``train()`` and ``eval()``, and every module that runs attention or a depth-wise conv holds the
-result. Three attention backends:
+result. Four attention backends:
 
 * ``reference``: materialised maps and literal formulas; the test oracle and what Mult-Adds count.
-* ``sdpa``: ``scaled_dot_product_attention`` (inference on CPU; CUDA in every mode, whose memory-efficient
-  kernel gives the gradient of an additive mask).
-* ``chunked``: CPU training. SDPA's fused CPU kernel gives no gradient for the mask (our trainable
-  position bias), so SDPA would take its math path and store every ``N x N`` map as one large block;
-  :func:`~.chunked_attention.chunked_attention` works in cache-sized chunks instead.
+* ``native``: CPU, training and inference, where the C++ kernel of :mod:`.native` was built (a C++
+  compiler is on the machine; ``MSRASR_NATIVE=0`` switches it off): :func:`~.native_attention.native_attention`.
+  Opaque to tracing, ONNX export and ``torch.compile``, so while a graph is captured or compiled its
+  :attr:`Backend.fallback` (``chunked`` / ``sdpa``) runs instead (:meth:`Backend.under`).
+* ``sdpa``: ``scaled_dot_product_attention`` (CPU inference without the kernel; CUDA in every mode, whose
+  memory-efficient kernel gives the gradient of an additive mask).
+* ``chunked``: CPU training without the kernel. SDPA's fused CPU kernel gives no gradient for the mask (our
+  trainable position bias), so SDPA would take its math path and store every ``N x N`` map as one large
+  block; :func:`~.chunked_attention.chunked_attention` works in cache-sized chunks instead.
 
 Head widths are padded with zero columns (no dot product changes) to :attr:`Backend.head_multiple`:
 
-* CPU: the fused kernel vectorises over the head dimension in 16-float steps: measured with 64 windows x
-  6 heads x 256 tokens on 2 AVX-512 cores, e = 10 takes 37 ms, e = 16 21 ms, e = 30 36 ms, e = 32 31 ms;
-  the chunked path's small matmuls are faster at a multiple of 16 as well (a light x2 training step on
-  2 cores: 3.8-4.7 s padded, 5.0-6.0 s at widths 10 and 30).
+* CPU (``sdpa``, ``chunked``): the fused kernel vectorises over the head dimension in 16-float steps:
+  measured with 64 windows x 6 heads x 256 tokens on 2 AVX-512 cores, e = 10 takes 37 ms, e = 16 21 ms,
+  e = 30 36 ms, e = 32 31 ms; the chunked path's small matmuls are faster at a multiple of 16 as well (a
+  light x2 training step on 2 cores: 3.8-4.7 s padded, 5.0-6.0 s at widths 10 and 30). The native kernel
+  vectorises over tokens and takes any width (1).
 * CUDA: with a mask, only the memory-efficient kernel applies (flash takes no mask, cuDNN is left out
   below), and it refuses head widths that are not a multiple of its GEMM alignment (8 for bf16/fp16);
   refused, SDPA falls back to the math path and builds every ``N x N`` map.
@@ -30,7 +35,9 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import native
 from .chunked_attention import chunked_attention
+from .native_attention import native_attention
 from .window import whole_windows
 
 __all__ = ['Backend', 'choose_backend', 'attend']
@@ -42,17 +49,29 @@ _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 
 
 class Backend(NamedTuple):
-    """An execution choice. ``name``: ``reference``, ``sdpa`` or ``chunked``; ``head_multiple``: head widths
-    are padded to a multiple of it; ``cuda``: SDPA runs with cuDNN left out; ``split_dw_backward``: see
-    :func:`~.depthwise.depthwise_conv2d`."""
+    """An execution choice. ``name``: ``reference``, ``native``, ``sdpa`` or ``chunked``; ``head_multiple``: head
+    widths are padded to a multiple of it; ``cuda``: SDPA runs with cuDNN left out; ``split_dw_backward``: see
+    :func:`~.depthwise.depthwise_conv2d`; ``fallback``: what runs where this choice cannot (``native`` while a
+    graph is captured or compiled, and the cross-scale attention, which SDPA serves)."""
     name: str
     head_multiple: int = 1
     cuda: bool = False
     split_dw_backward: bool = False
+    fallback: Optional['Backend'] = None
 
     @property
     def reference(self) -> bool:
         return self.name == 'reference'
+
+    @property
+    def operators(self) -> 'Backend':
+        """This choice in PyTorch operators only (itself unless it is ``native``)."""
+        return self.fallback or self
+
+    def under(self, layout) -> 'Backend':
+        """The choice for a forward through ``layout`` (a :class:`~.window.WindowLayout`): the fallback where
+        the layout says the forward is not eager."""
+        return self if layout.eager or self.fallback is None else self.fallback
 
     def width(self, e: int) -> int:
         """The padded head width for a true width ``e``."""
@@ -62,21 +81,28 @@ class Backend(NamedTuple):
 
     def value_width(self, q_width: int, e: int) -> int:
         """The padded width of v beside a q of width ``q_width``: SDPA's fused CPU kernel takes nothing but
-        equal q and v widths; the chunked path has no such rule and pads v only to its own multiple."""
-        return self.width(e) if self.name == 'chunked' else q_width
+        equal q and v widths; the chunked and native paths have no such rule and pad v only to their own
+        multiple."""
+        return self.width(e) if self.name in ('chunked', 'native') else q_width
 
 
 REFERENCE = Backend('reference')
 
 
-def choose_backend(device: torch.device, training: bool, reference: bool = False) -> Backend:
-    """The backend for a network whose tensors live on ``device``, in training mode or not."""
+def choose_backend(device: torch.device, training: bool, reference: bool = False, kernels: bool = True,
+                   dtype: torch.dtype = torch.float32) -> Backend:
+    """The backend for a network whose tensors live on ``device`` as ``dtype``, in training mode or not.
+    ``kernels``: False keeps to PyTorch's operators (no :mod:`.native` kernel, which computes in float32 and
+    so does not serve a float64 network)."""
     if reference:
         return REFERENCE
     if device.type == 'cuda':
         return Backend('sdpa', head_multiple=8, cuda=True)
     if device.type == 'cpu':
-        return Backend('chunked' if training else 'sdpa', head_multiple=16, split_dw_backward=training)
+        operators = Backend('chunked' if training else 'sdpa', head_multiple=16, split_dw_backward=training)
+        if kernels and dtype != torch.float64 and native.library() is not None:
+            return Backend('native', split_dw_backward=training, fallback=operators)
+        return operators
     return Backend('sdpa')  # meta (counting), mps...
 
 
@@ -93,9 +119,11 @@ def attend(backend: Backend, q, k, v, bias, layout, d: int) -> torch.Tensor:
     ``bias`` (h, N, N) and the window layout's masks: the first ``d`` channels of each head's output, token-major
     ``(bw, N, h * d)``, the layout ``proj`` reads."""
     bw, h, n, _ = q.shape
-    if backend.name == 'chunked':
+    if backend.name in ('chunked', 'native'):
+        attention = chunked_attention if backend.name == 'chunked' else native_attention
+
         def kernel(q, k, v, attn_mask, groups=None):
-            return chunked_attention(q, k, v, attn_mask, groups)[..., :d]
+            return attention(q, k, v, attn_mask, groups)[..., :d]
     else:
         # SDPA's fused CPU kernel needs 4-D inputs, a 4-D mask and equal q/v widths; anything else drops
         # to the math path, which materialises the maps.
@@ -113,7 +141,7 @@ def attend(backend: Backend, q, k, v, bias, layout, d: int) -> torch.Tensor:
     # so no per-window mask is built, and the output is assembled straight into the token-major layout proj
     # reads. Regular windows are one group of whole windows.
     groups = layout.groups or (whole_windows(bw, n), )
-    if backend.name == 'chunked':
+    if backend.name in ('chunked', 'native'):
         # All groups in one call: slicing q, k and v per group would cost each group a zero-filled
         # full-size gradient in the backward.
         return kernel(q, k, v, bias.unsqueeze(0), groups).transpose(1, 2).reshape(bw, n, h * d)

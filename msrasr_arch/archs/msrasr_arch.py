@@ -238,8 +238,10 @@ class MSRASR(nn.Module):
             nn.init.constant_(m.weight, 1.0)
 
     def set_attn_impl(self, impl: str) -> 'MSRASR':
-        """Choose the attention implementation: ``fused`` (default, fast) or ``reference`` (materialised maps,
-        used for the Mult-Adds count and as the ground truth in tests). Both compute the same function."""
+        """Choose the attention implementation: ``fused`` (default, fast: the C++ window attention kernel on the
+        CPU where it was built), ``operators`` (the fused forms in PyTorch operators only) or ``reference``
+        (materialised maps, used for the Mult-Adds count and as the ground truth in tests). All compute the
+        same function."""
         if impl not in ATTN_IMPLS:
             raise ValueError(f'attention implementation must be one of {ATTN_IMPLS}; got {impl!r}')
         self.attn_impl = impl
@@ -249,10 +251,13 @@ class MSRASR(nn.Module):
     def _choose_backend(self) -> None:
         """Decide how attention runs (see :mod:`.backend`) for the current device, mode and
         implementation, once, and hand the choice to every attention module."""
-        backend = choose_backend(self.mean.device, self.training, self.attn_impl == 'reference')
+        backend = choose_backend(self.mean.device, self.training, self.attn_impl == 'reference',
+                                 kernels=self.attn_impl == 'fused', dtype=self.mean.dtype)
         for m in self.modules():
-            if isinstance(m, (SharedWindowAttention, CrossScaleAttention, MSDWConv)):
+            if isinstance(m, (SharedWindowAttention, MSDWConv)):
                 m.backend = backend
+            elif isinstance(m, CrossScaleAttention):
+                m.backend = backend.operators
 
     def train(self, mode: bool = True) -> 'MSRASR':
         super().train(mode)
@@ -280,7 +285,7 @@ class MSRASR(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); H, W multiples of ``window_size``."""
         t = self.patch_norm(x.permute(0, 2, 3, 1))
         b, h, w, _ = t.shape
-        ws, grouped = self.window_size, self.attn_impl == 'fused'
+        ws, grouped = self.window_size, self.attn_impl != 'reference'
         layouts = tuple(window_layout(b, h, w, window_size=ws, shift=shift, device=x.device, dtype=x.dtype,
                                       grouped=grouped) for shift in (0, ws // 2))
         for layer in self.layers:

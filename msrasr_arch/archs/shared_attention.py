@@ -34,7 +34,7 @@ from .bias_maps import gather_map, map_index, transform_keys, transform_values
 from .swin_blocks import trunc_normal_
 from .window import WindowLayout
 
-ATTN_IMPLS = ('fused', 'reference')
+ATTN_IMPLS = ('fused', 'operators', 'reference')
 
 
 class SharedLogits(NamedTuple):
@@ -259,7 +259,7 @@ class SharedWindowAttention(nn.Module):
         if self.backend.reference:
             return self._reference(x, layout, shared)
         bw, n, _ = x.shape
-        h, d, backend = self.num_heads, self.head_dim, self.backend
+        h, d, backend = self.num_heads, self.head_dim, self.backend.under(layout)
         if self.computes:
             width = backend.width(d)
             # q comes out scaled (the logits are q k^T + B): nothing scales it or its gradient again.
@@ -268,7 +268,7 @@ class SharedWindowAttention(nn.Module):
             state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype),
                                  values=self.relative_position_bias_table)
         else:
-            state, q, k = self._transform(shared, layout.captured)
+            state, q, k = self._transform(shared, backend, layout.captured)
             width = backend.value_width(q.shape[-1], d)
             v = _padded_linear(x, self.v, h, d, width).view(bw, n, h, width).transpose(1, 2)
         return self.proj(attend(backend, q, k, v, state.bias, layout, d)), state
@@ -296,10 +296,10 @@ class SharedWindowAttention(nn.Module):
         values = transform_values(values, self.transform_keys, conv.weight, conv.bias)
         return gather_map(values, self.transform_index), values
 
-    def _transform(self, shared: SharedLogits, captured: bool):
+    def _transform(self, shared: SharedLogits, backend: Backend, captured: bool):
         """Apply ``F`` to an inherited map: the state handed on, and the q and k to attend with (padded to the
-        backend's head width). ``captured``: the layout's (plain operators while a graph is captured)."""
-        conv, backend = self.transform, self.backend
+        ``backend``'s head width). ``captured``: the layout's (plain operators while a graph is captured)."""
+        conv = self.transform
         if conv is None:
             q, k, wide = shared.q, shared.k, shared.q.shape[-1]
             width = backend.width(wide)

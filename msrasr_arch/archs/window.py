@@ -169,14 +169,16 @@ class WindowLayout:
         mask: ``(nW, N, N)`` in the raster form of a shifted layout, else None.
         captured: a graph that must serve every size is being captured (tracing, ONNX export): the layers
             then use operators the tracer records with free sizes.
+        eager: no graph is being captured or compiled, so kernels PyTorch cannot see into (the
+            :mod:`.native` attention) may run.
     """
 
     def __init__(self, *, window_size: int, shift: int, hw: Tuple[int, int], groups: tuple = (),
                  mask: Optional[torch.Tensor] = None, gather: Optional[torch.Tensor] = None,
-                 scatter: Optional[torch.Tensor] = None, captured: bool = False):
+                 scatter: Optional[torch.Tensor] = None, captured: bool = False, eager: bool = True):
         self.window_size, self.shift, self.hw = window_size, shift, hw
         self.groups, self.mask, self._gather, self._scatter = groups, mask, gather, scatter
-        self.captured = captured
+        self.captured, self.eager = captured, eager
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B * nW, N, C) in this layout's window order."""
@@ -211,7 +213,7 @@ def _mask(h: int, w: int, window_size: int, shift: int, device: torch.device, dt
 
 
 def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch.device,
-             inference: bool) -> WindowLayout:
+             inference: bool, eager: bool = True) -> WindowLayout:
     # `inference` only keys the cache: tensors made under torch.inference_mode (spandrel and ComfyUI run
     # models in it) cannot enter a later forward that autograd records.
     nwh, nww = h // window_size, w // window_size
@@ -232,7 +234,7 @@ def _grouped(b: int, h: int, w: int, window_size: int, shift: int, device: torch
     scatter = torch.empty_like(gather)
     scatter[gather] = torch.arange(len(gather))
     return WindowLayout(window_size=window_size, shift=shift, hw=(h, w), groups=tuple(groups),
-                        gather=gather.to(device), scatter=scatter.to(device))
+                        gather=gather.to(device), scatter=scatter.to(device), eager=eager)
 
 
 _grouped_cached = functools.lru_cache(maxsize=16)(_grouped)
@@ -255,13 +257,14 @@ def window_layout(b, h, w, *, window_size: int, shift: int, device, dtype, group
     implementation), while tracing or exporting, and for the symbolic sizes ``torch.compile`` passes after
     a size change.
     """
-    captured = capturing_for_all_sizes()
+    captured, compiling = capturing_for_all_sizes(), torch.compiler.is_compiling()
+    eager = not (captured or compiling)
     if not shift:
-        return WindowLayout(window_size=window_size, shift=0, hw=(h, w), captured=captured)
+        return WindowLayout(window_size=window_size, shift=0, hw=(h, w), captured=captured, eager=eager)
     static = all(isinstance(s, int) for s in (b, h, w))
     if grouped and static and not captured:
-        if torch.compiler.is_compiling():
-            return _grouped(b, h, w, window_size, shift, torch.device(device), False)
+        if compiling:
+            return _grouped(b, h, w, window_size, shift, torch.device(device), False, eager=False)
         return _grouped_cached(b, h, w, window_size, shift, torch.device(device), torch.is_inference_mode_enabled())
-    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w), captured=captured,
+    return WindowLayout(window_size=window_size, shift=shift, hw=(h, w), captured=captured, eager=eager,
                         mask=_mask(h, w, window_size, shift, torch.device(device), dtype))

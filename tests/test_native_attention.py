@@ -1,0 +1,151 @@
+"""The C++ window attention kernel (msrasr_arch/archs/native): built, equal to autograd through the
+materialised maps, and switched off cleanly where it cannot serve."""
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from msrasr_arch.archs import MSRASR, native
+from msrasr_arch.archs.native_attention import native_attention
+from msrasr_arch.archs.window import WindowGroup, _mask, _split, whole_windows
+
+COMPILER = native._compiler()
+
+needs_kernel = pytest.mark.skipif(COMPILER is None, reason='no C++ compiler on this machine: the kernel cannot be built')
+
+
+def test_kernel_builds_where_a_compiler_is():
+    """With a C++ compiler on the machine (CI has one) the kernel must build and load; without one the
+    networks must fall back to PyTorch's operators, not fail."""
+    if COMPILER is None:
+        assert native.library() is None
+    else:
+        assert native.library() is not None, f'{COMPILER} is here, yet the window attention kernel did not build'
+
+
+def _materialised(q, k, v, masks):
+    return (q @ k.transpose(-2, -1) + masks).softmax(dim=-1) @ v
+
+
+@needs_kernel
+@pytest.mark.parametrize('e, c', [(5, 3), (10, 10), (30, 10), (17, 33)])
+def test_matches_autograd_with_border_regions(e, c):
+    """Output and the gradients of q, k, v and the broadcast bias equal autograd's through the materialised
+    maps with the shift masks: a group of 4 whole windows of 9 tokens and one of 3 corner windows of a 3x3
+    window shifted by 1 (regions of 4, 2, 2 and 1 tokens in three parts; rows fewer than a vector), at head
+    widths below, at and above one vector."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(7, 2, 9, e, generator=g, requires_grad=True) for _ in range(2))
+    v = torch.randn(7, 2, 9, c, generator=g, requires_grad=True)
+    bias = torch.randn(1, 2, 9, 9, generator=g, requires_grad=True)
+    corner_mask = _mask(6, 6, 3, 1, torch.device('cpu'), torch.float32)[3]
+    grad = torch.randn(7, 2, 9, c, generator=g)
+    masks = torch.cat([bias.expand(4, -1, -1, -1), (bias + corner_mask).expand(3, -1, -1, -1)])
+    want = _materialised(q, k, v, masks)
+    want_grads = torch.autograd.grad(want, (q, k, v, bias), grad)
+    groups = (whole_windows(4, 9), WindowGroup(4, 3, *_split(3, 1, True, True, torch.device('cpu'))))
+    got = native_attention(q, k, v, bias, groups)
+    got_grads = torch.autograd.grad(got, (q, k, v, bias), grad)
+    assert torch.allclose(got, want, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize('n', [256, 100])
+def test_matches_autograd_at_window_size(n):
+    """A window of 16 (256 tokens: eight panels of rows) and one of 100 tokens (logit rows padded to 128),
+    three windows x 6 heads, logits of tens (exponentials over many orders of magnitude): output and every
+    gradient as close to float64's as PyTorch's own float32 autograd through the materialised maps is, within
+    a few float32 roundings of a 256-term sum (the kernel sums dV and dK over the rows in order)."""
+    g = torch.Generator().manual_seed(1)
+    q = (3 * torch.randn(3, 6, n, 10, generator=g)).requires_grad_()
+    k = (3 * torch.randn(3, 6, n, 10, generator=g)).requires_grad_()
+    v = torch.randn(3, 6, n, 10, generator=g, requires_grad=True)
+    bias = torch.randn(1, 6, n, n, generator=g, requires_grad=True)
+    grad = torch.randn(3, 6, n, 10, generator=g)
+    inputs = (q, k, v, bias)
+    exact = _materialised(*(t.double() for t in inputs))
+    exact = (exact, *torch.autograd.grad(exact, inputs, grad.double()))
+    fp32 = _materialised(*inputs)
+    fp32 = (fp32, *torch.autograd.grad(fp32, inputs, grad))
+    got = native_attention(*inputs)
+    got = (got, *torch.autograd.grad(got, inputs, grad))
+    for a, b, want in zip(got, fp32, exact):
+        rounding = (b.double() - want).abs().max().item()
+        assert (a.double() - want).abs().max().item() <= 4 * rounding + 1e-6 * want.abs().max().item()
+
+
+@needs_kernel
+def test_inference_and_bf16():
+    """Without gradients nothing is kept for a backward and the result is the same; bf16 inputs (autocast)
+    are computed in float32 and returned as bf16."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 64, 10, generator=g) for _ in range(3))
+    bias = torch.randn(1, 3, 64, 64, generator=g)
+    want = _materialised(q, k, v, bias)
+    with torch.no_grad():
+        assert torch.allclose(native_attention(q, k, v, bias), want, atol=1e-6)
+    got = native_attention(*(t.bfloat16() for t in (q, k, v, bias)))
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max().item() < 0.05
+
+
+@needs_kernel
+def test_shape_errors_name_the_buffer():
+    q = torch.zeros(4, 9, 5)
+    with pytest.raises(ValueError, match='do not agree'):
+        native.forward(q, q, torch.zeros(4, 9, 3), torch.zeros(3, 9, 9), torch.zeros(4, 9, 3))  # 3 does not divide 4
+    with pytest.raises(ValueError, match='contiguous float32'):
+        native.forward(q, q.double(), torch.zeros(4, 9, 3), torch.zeros(2, 9, 9), torch.zeros(4, 9, 3))
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv('MSRASR_NATIVE', '0')
+    assert native.library.__wrapped__() is None
+
+
+@needs_kernel
+def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch):
+    """A kernel that does not compile leaves a warning naming the compiler's complaint and no library (the
+    networks then attend with PyTorch operators); nothing is left half-written in the cache."""
+    bad = tmp_path / 'window_attention.cpp'
+    bad.write_text('this is not C++\n')
+    monkeypatch.setattr(native, '_SOURCE', bad)
+    monkeypatch.setenv('MSRASR_CACHE', str(tmp_path / 'cache'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert native.library.__wrapped__() is None
+    assert any('kernel unavailable' in str(w.message) and 'window_attention.cpp' in str(w.message) for w in caught)
+    assert not list((tmp_path / 'cache').iterdir())
+
+
+@needs_kernel
+def test_cache_reused(tmp_path, monkeypatch):
+    """Built once into the cache folder, then loaded from it."""
+    monkeypatch.setenv('MSRASR_CACHE', str(tmp_path))
+    first = native._build(COMPILER)
+    stamp = first.stat().st_mtime_ns
+    assert native._build(COMPILER) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_float64_network_keeps_operators():
+    """The kernel computes in float32, so a float64 network attends with PyTorch's operators in float64:
+    its eval forward equals the reference to float64 rounding."""
+    torch.manual_seed(0)
+    net = MSRASR(upscale=2, in_chans=3, window_size=4, depths=[2], embed_dim=12, num_heads=[2], mlp_ratio=2,
+                 csa_dim=4, csa_scales=[2]).double().eval()
+    x = torch.rand(1, 3, 10, 9, dtype=torch.float64)
+    with torch.no_grad():
+        fused = net(x)
+        reference = net.set_attn_impl('reference')(x)
+    assert (fused - reference).abs().max().item() < 1e-12
+
+
+def test_no_compiler_no_kernel(monkeypatch):
+    monkeypatch.delenv('MSRASR_NATIVE', raising=False)
+    monkeypatch.delenv('CXX', raising=False)
+    monkeypatch.setattr(shutil, 'which', lambda name: None)
+    assert native.library.__wrapped__() is None
