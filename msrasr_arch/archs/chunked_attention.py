@@ -73,16 +73,17 @@ def _target(dst: torch.Tensor, group, part, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like)
 
 
-def _gradient_targets(grads, blocks, dbias, group, part):
+def _gradient_targets(grads, blocks, dbias, group, part, zeroed: bool = True):
     """Where a part's gradients are computed: ``(count * h * regions, size, e)`` blocks for dq, dk, dv (views of
     the contiguous ``grads`` for whole windows, else new tensors) and, when ``dbias`` (1, h, N, N) is given,
-    the part's ``(h * regions, size, size)`` bias-gradient blocks to add into (a view of ``dbias`` for whole
-    windows, else zeros). :func:`_gradients_back` puts them in place."""
+    the part's ``(h * regions, size, size)`` bias-gradient blocks (a view of ``dbias`` for whole windows, else
+    new: zeros to add into, or uninitialised unless ``zeroed``). :func:`_gradients_back` puts them in place."""
     targets = [_target(g, group, part, t) for g, t in zip(grads, blocks)]
     dmask = None
     if dbias is not None:
         h, size = dbias.shape[1], part.size
-        dmask = part.blocks(dbias[0]) if part.tokens is None else dbias.new_zeros(h, part.regions, size, size)
+        new = dbias.new_zeros if zeroed else dbias.new_empty
+        dmask = part.blocks(dbias[0]) if part.tokens is None else new(h, part.regions, size, size)
         dmask = dmask.view(h * part.regions, size, size)
     return targets, dmask
 

@@ -47,17 +47,23 @@ class _NativeAttention(torch.autograd.Function):
         bias, out, *saved = ctx.saved_tensors
         dout = dout.contiguous()
         h = bias.shape[1]
+        parts = _parts(ctx.groups)
         dq, dk, dv = (out.new_empty(shape) for shape in ctx.shapes)
-        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
+        # The kernel writes a part's bias-gradient blocks rather than adding to them: a first part of whole
+        # windows covers the whole map (no zeroing pass over it), region parts get blocks of their own.
+        dbias = None
+        if ctx.needs_input_grad[3]:
+            dbias = torch.empty_like(bias) if parts[0][1].tokens is None else torch.zeros_like(bias)
         rowsums = (dout * out).sum(-1, keepdim=True)
-        for i, (group, part) in enumerate(_parts(ctx.groups)):
+        for i, (group, part) in enumerate(parts):
             qp, kp, vp, lse = saved[4 * i:4 * i + 4]
             hr, size = h * part.regions, part.size
             dop = _block(dout, group, part)
             rp = _block(rowsums, group, part).view(-1, size)
-            (dqp, dkp, dvp), dmask = _gradient_targets((dq, dk, dv), (qp, kp, vp), dbias, group, part)
+            (dqp, dkp, dvp), dmask = _gradient_targets((dq, dk, dv), (qp, kp, vp), dbias, group, part, zeroed=False)
             mask = part.blocks(bias[0]).reshape(hr, size, size)
-            native.backward(qp, kp, vp, mask, lse, dop, rp, dqp, dkp, dvp, dmask)
+            whole = part.tokens is None
+            native.backward(qp, kp, vp, mask, lse, dop, rp, dqp, dkp, dvp, dmask, add_dbias=whole and i > 0)
             _gradients_back((dq, dk, dv), (dqp, dkp, dvp), dbias, dmask, group, part)
         return dq, dk, dv, dbias, None
 

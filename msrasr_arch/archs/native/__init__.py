@@ -26,7 +26,7 @@ from ...utils.atomic import atomic_path
 __all__ = ['library', 'forward', 'backward']
 
 _SOURCE = Path(__file__).with_name('window_attention.cpp')
-_VERSION = 1
+_VERSION = 2
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-std=c++17', '-shared', '-fPIC']
@@ -89,7 +89,7 @@ def library() -> Optional[ctypes.CDLL]:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.msrasr_window_attention_forward.argtypes = [ptr] * 6 + [i64] * 5 + [ctypes.c_int]
     lib.msrasr_window_attention_forward.restype = None
-    lib.msrasr_window_attention_backward.argtypes = [ptr] * 11 + [i64] * 5 + [ctypes.c_int]
+    lib.msrasr_window_attention_backward.argtypes = [ptr] * 11 + [ctypes.c_int] + [i64] * 5 + [ctypes.c_int]
     lib.msrasr_window_attention_backward.restype = None
     return lib
 
@@ -118,9 +118,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     library().msrasr_window_attention_forward(*args, m, s, e, c, hr, torch.get_num_threads())
 
 
-def backward(q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias=None) -> None:
-    """Gradients of :func:`forward`: ``dq``, ``dk``, ``dv`` written, ``dbias`` (HR, S, S) added to when given.
-    ``rowsum`` (M, S) is ``(dout * out).sum(-1)``."""
+def backward(q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias=None, add_dbias: bool = True) -> None:
+    """Gradients of :func:`forward`: ``dq``, ``dk``, ``dv`` written; ``dbias`` (HR, S, S), when given, added to
+    (``add_dbias``) or written over. ``rowsum`` (M, S) is ``(dout * out).sum(-1)``."""
     m, s, e = q.shape
     c, hr = v.shape[-1], bias.shape[0]
     for t, shape in ((k, q.shape), (dq, q.shape), (dk, q.shape), (dv, v.shape), (dout, v.shape), (lse, (m, s)),
@@ -133,4 +133,4 @@ def backward(q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias=None) -> None:
                          f'bias {tuple(bias.shape)} do not agree')
     names = ('q', 'k', 'v', 'bias', 'lse', 'dout', 'rowsum', 'dq', 'dk', 'dv', 'dbias')
     args = [_pointer(t, name) for t, name in zip((q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias), names)]
-    library().msrasr_window_attention_backward(*args, m, s, e, c, hr, torch.get_num_threads())
+    library().msrasr_window_attention_backward(*args, int(add_dbias), m, s, e, c, hr, torch.get_num_threads())

@@ -96,12 +96,12 @@ inline void tile(int64_t kk, const float* a, int64_t ars, int64_t acs, const flo
     }
 }
 
-// C[m x n] (+)= A[m x k] B[k x n] for n a multiple of 16, by tiles of 4 rows x 16 columns.
-void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t ars, int64_t acs, const float* b, int64_t ldb,
-          float* c, int64_t ldc, bool accumulate) {
+template <int MR>
+void rows_of_tiles(int64_t m, int64_t n, int64_t kk, const float* a, int64_t ars, int64_t acs, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
     for (int64_t j = 0; j < n; j += 16) {
         int64_t i = 0;
-        for (; i + 4 <= m; i += 4) tile<4>(kk, a + i * ars, ars, acs, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+        for (; i + MR <= m; i += MR) tile<MR>(kk, a + i * ars, ars, acs, b + j, ldb, c + i * ldc + j, ldc, accumulate);
         const float* ai = a + i * ars;
         float* ci = c + i * ldc + j;
         switch (m - i) {
@@ -111,6 +111,16 @@ void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t ars, int64_t
             default: break;
         }
     }
+}
+
+// C[m x n] (+)= A[m x k] B[k x n] for n a multiple of 16, by tiles of 4, 5 or 6 rows x 16 columns: the row
+// count that divides m (a head width of 10 or 30 rows), so that no tile of fewer rows, with too few sums to
+// hide the FMA latency, is left over.
+void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t ars, int64_t acs, const float* b, int64_t ldb,
+          float* c, int64_t ldc, bool accumulate) {
+    if (m % 4 && m % 5 == 0) rows_of_tiles<5>(m, n, kk, a, ars, acs, b, ldb, c, ldc, accumulate);
+    else if (m % 4 && m % 6 == 0) rows_of_tiles<6>(m, n, kk, a, ars, acs, b, ldb, c, ldc, accumulate);
+    else rows_of_tiles<4>(m, n, kk, a, ars, acs, b, ldb, c, ldc, accumulate);
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -187,13 +197,12 @@ float max_row(const Shape& d, const float* row) {
 
 // One thread's buffers, sized for one block.
 struct Work {
-    std::vector<float> kt, vt, kp, vp, l, ds, o, dop, qp, dkp, dvp;
+    std::vector<float> kt, vt, kp, vp, l, ds, o, dkt, dvt;
 
     explicit Work(const Shape& d, bool backward)
-        : kt(d.e * d.ld()), vt(backward ? d.c * d.ld() : 0), kp(backward ? d.s * d.ep : 0), vp(d.s * d.cp),
-          l(PANEL * d.sp), ds(backward ? PANEL * d.sp : 0), o(PANEL * d.ep > PANEL * d.cp ? PANEL * d.ep : PANEL * d.cp),
-          dop(backward ? PANEL * d.cp : 0), qp(backward ? PANEL * d.ep : 0), dkp(backward ? d.s * d.ep : 0),
-          dvp(backward ? d.s * d.cp : 0) {}
+        : kt(d.e * d.ld()), vt(backward ? d.c * d.ld() : 0), kp(backward ? d.s * d.ep : 0), vp(backward ? 0 : d.s * d.cp),
+          l(PANEL * d.sp), ds(backward ? PANEL * d.sp : 0), o(PANEL * std::max(d.ep, d.cp)),
+          dkt(backward ? d.e * d.ld() : 0), dvt(backward ? d.c * d.ld() : 0) {}
 };
 
 void forward_block(const Shape& d, Work& w, const float* q, const float* k, const float* v, const float* bias,
@@ -219,12 +228,12 @@ void forward_block(const Shape& d, Work& w, const float* q, const float* k, cons
 
 void backward_block(const Shape& d, Work& w, const float* q, const float* k, const float* v, const float* bias,
                     const float* lse, const float* dout, const float* rowsum, float* dq, float* dk, float* dv,
-                    float* dbias) {
+                    float* dbias, bool first) {
     transpose(k, d.s, d.e, w.kt.data(), d.ld());
     transpose(v, d.s, d.c, w.vt.data(), d.ld());
     pad_rows(k, d.s, d.e, w.kp.data(), d.ep);
-    std::fill(w.dkp.begin(), w.dkp.end(), 0.0f);
-    std::fill(w.dvp.begin(), w.dvp.end(), 0.0f);
+    std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
+    std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
     for (int64_t i0 = 0; i0 < d.s; i0 += PANEL) {
         const int64_t n = std::min(PANEL, d.s - i0);
         float* p = w.l.data();
@@ -240,21 +249,21 @@ void backward_block(const Shape& d, Work& w, const float* q, const float* k, con
             for (int64_t j = 0; j < d.sp; j += 8) store(dsi + j, load(pi + j) * (load(dsi + j) - rs));
             if (dbias) {
                 float* db = dbias + (i0 + i) * d.s;
-                for (int64_t j = 0; j < d.s; ++j) db[j] += dsi[j];
+                if (first) std::memcpy(db, dsi, d.s * sizeof(float));
+                else for (int64_t j = 0; j < d.s; ++j) db[j] += dsi[j];
             }
         }
-        // dV += P^T dout, dK += dS^T q (A transposed: rows of P / dS are its columns), dQ = dS k.
-        pad_rows(dout + i0 * d.c, n, d.c, w.dop.data(), d.cp);
-        pad_rows(q + i0 * d.e, n, d.e, w.qp.data(), d.ep);
-        gemm(d.s, d.cp, n, p, 1, d.sp, w.dop.data(), d.cp, w.dvp.data(), d.cp, true);
-        gemm(d.s, d.ep, n, ds, 1, d.sp, w.qp.data(), d.ep, w.dkp.data(), d.ep, true);
+        // Transposed, dV^T += dout^T P and dK^T += q^T dS: the head width is the rows, which need no padding
+        // (columns go 16 at a time; rows of 10 by two tiles of 5). Then dQ = dS k.
+        gemm(d.c, d.sp, n, dout + i0 * d.c, 1, d.c, p, d.sp, w.dvt.data(), d.ld(), true);
+        gemm(d.e, d.sp, n, q + i0 * d.e, 1, d.e, ds, d.sp, w.dkt.data(), d.ld(), true);
         gemm(n, d.ep, d.s, ds, d.sp, 1, w.kp.data(), d.ep, w.o.data(), d.ep, false);
         for (int64_t i = 0; i < n; ++i)
             std::memcpy(dq + (i0 + i) * d.e, w.o.data() + i * d.ep, d.e * sizeof(float));
     }
     for (int64_t j = 0; j < d.s; ++j) {
-        std::memcpy(dk + j * d.e, w.dkp.data() + j * d.ep, d.e * sizeof(float));
-        std::memcpy(dv + j * d.c, w.dvp.data() + j * d.cp, d.c * sizeof(float));
+        for (int64_t x = 0; x < d.e; ++x) dk[j * d.e + x] = w.dkt[x * d.ld() + j];
+        for (int64_t x = 0; x < d.c; ++x) dv[j * d.c + x] = w.dvt[x * d.ld() + j];
     }
 }
 
@@ -263,7 +272,7 @@ void backward_block(const Shape& d, Work& w, const float* q, const float* k, con
 extern "C" {
 
 // The library's interface version; the loader refuses a library that reports another.
-int msrasr_window_attention_version() { return 1; }
+int msrasr_window_attention_version() { return 2; }
 
 // out (M, S, C) = softmax(q k^T + bias) v per block; lse (M, S) written when not null.
 void msrasr_window_attention_forward(const float* q, const float* k, const float* v, const float* bias,
@@ -286,12 +295,13 @@ void msrasr_window_attention_forward(const float* q, const float* k, const float
 }
 
 // Gradients of the forward above given dout (M, S, C) and rowsum (M, S) = sum_c dout * out:
-// dq, dk (M, S, E) and dv (M, S, C) written; dbias (HR, S, S) accumulated into (summed over the blocks that
-// share a bias block) when not null. Threads split the bias blocks, so no two write the same dbias entry.
+// dq, dk (M, S, E) and dv (M, S, C) written; dbias (HR, S, S), when not null, gets the sum over the blocks
+// that share a bias block, added to what it holds where add_dbias is set, else written over it (no zeroing
+// pass before). Threads split the bias blocks, so no two write the same dbias entry.
 void msrasr_window_attention_backward(const float* q, const float* k, const float* v, const float* bias,
                                       const float* lse, const float* dout, const float* rowsum,
-                                      float* dq, float* dk, float* dv, float* dbias, int64_t m, int64_t s,
-                                      int64_t e, int64_t c, int64_t hr, int threads) {
+                                      float* dq, float* dk, float* dv, float* dbias, int add_dbias, int64_t m,
+                                      int64_t s, int64_t e, int64_t c, int64_t hr, int threads) {
     const Shape d(s, e, c);
 #pragma omp parallel num_threads(threads)
     {
@@ -301,7 +311,8 @@ void msrasr_window_attention_backward(const float* q, const float* k, const floa
             for (int64_t b = r; b < m; b += hr) {
                 const int64_t bs = b * s;
                 backward_block(d, w, q + bs * e, k + bs * e, v + bs * c, bias + r * s * s, lse + bs, dout + bs * c,
-                               rowsum + bs, dq + bs * e, dk + bs * e, dv + bs * c, dbias ? dbias + r * s * s : nullptr);
+                               rowsum + bs, dq + bs * e, dk + bs * e, dv + bs * c, dbias ? dbias + r * s * s : nullptr,
+                               b == r && !add_dbias);
             }
         }
     }
