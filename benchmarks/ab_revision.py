@@ -107,8 +107,15 @@ def main():
     args = parser.parse_args()
     apply_keep_freed_memory(parser, args)
     torch.set_num_threads(args.threads)
+    # The folder stays for the whole run: REV's modules may read files of the package later (the C++ kernel
+    # source is compiled when a network first chooses its backend).
     with tempfile.TemporaryDirectory() as folder:
         old_class = revision_msrasr(args.rev, folder)
+        compare(old_class, args)
+
+
+def compare(old_class, args) -> None:
+    """REV's network, this checkout's and SwinIR-light's, interleaved: training steps, then inference."""
     cpu = torch.device('cpu')
     print(f'# torch {torch.__version__}, {cpu_name()}, {args.threads} threads, fp32; rev {args.rev} against this '
           f'checkout, {args.runs} interleaved rounds, medians')

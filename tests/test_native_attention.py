@@ -29,15 +29,18 @@ def _materialised(q, k, v, masks):
 
 
 @needs_kernel
+@pytest.mark.parametrize('threads', [1, 3])
 @pytest.mark.parametrize('e, c', [(5, 3), (10, 10), (30, 10), (17, 33)])
-def test_matches_autograd_with_border_regions(e, c):
+def test_matches_autograd_with_border_regions(e, c, threads, monkeypatch):
     """Output and the gradients of q, k, v and the broadcast bias equal autograd's through the materialised
     maps with the shift masks: a group of 4 whole windows of 9 tokens and one of 3 corner windows of a 3x3
     window shifted by 1 (regions of 4, 2, 2 and 1 tokens in three parts; rows fewer than a vector), at head
-    widths below, at and above one vector."""
+    widths below, at and above one vector; q, k, v and the output token-major, as the network lays them
+    out. Three threads split a window's heads and a head's regions between them."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
     g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(7, 2, 9, e, generator=g, requires_grad=True) for _ in range(2))
-    v = torch.randn(7, 2, 9, c, generator=g, requires_grad=True)
+    q, k = (torch.randn(7, 9, 2, e, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
+    v = torch.randn(7, 9, 2, c, generator=g).transpose(1, 2).requires_grad_()
     bias = torch.randn(1, 2, 9, 9, generator=g, requires_grad=True)
     corner_mask = _mask(6, 6, 3, 1, torch.device('cpu'), torch.float32)[3]
     grad = torch.randn(7, 2, 9, c, generator=g)
@@ -93,13 +96,32 @@ def test_inference_and_bf16():
 
 
 @needs_kernel
-def test_shape_errors_name_the_buffer():
-    q = torch.zeros(4, 9, 5)
+def test_shape_and_layout_errors():
+    q = torch.zeros(2, 3, 9, 5)
+    v, out, bias = torch.zeros(2, 3, 9, 4), torch.zeros(2, 3, 9, 4), torch.zeros(3, 9, 9)
     with pytest.raises(ValueError, match='do not agree'):
-        native.forward(q, q, torch.zeros(4, 9, 3), torch.zeros(3, 9, 9), torch.zeros(4, 9, 3))  # 3 does not divide 4
-    with pytest.raises(ValueError, match='contiguous float32'):
-        native.forward(q, q.double(), torch.zeros(4, 9, 3), torch.zeros(2, 9, 9), torch.zeros(4, 9, 3))
+        native.forward(q, q, v, out, torch.zeros(2, 9, 9))
+    with pytest.raises(ValueError, match='do not agree'):
+        native.forward(q, q, v, out, bias, tokens=torch.arange(9), regions=2)
+    with pytest.raises(ValueError, match='contiguous last dimension'):
+        native.forward(q, q.transpose(2, 3).contiguous().transpose(2, 3), v, out, bias)
+    with pytest.raises(ValueError, match='float32'):
+        native.forward(q, q.double(), v, out, bias)
 
+
+@needs_kernel
+def test_reads_and_writes_in_place_through_strides():
+    """q, k, v as the computing layer's views of one token-major qkv tensor and the output token-major: the
+    kernel reads and writes them where they lie (nothing else of the buffers is touched)."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 16, 3, 2, 8, generator=g)  # (windows, tokens, q/k/v, heads, width)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    bias = torch.randn(2, 16, 16, generator=g)
+    storage = torch.full((2, 16, 2, 8 + 3), 7.0)
+    out = storage[..., :8].transpose(1, 2)
+    native.forward(q, k, v, out, bias)
+    assert torch.allclose(out, _materialised(q, k, v, bias), atol=1e-6)
+    assert (storage[..., 8:] == 7).all()
 
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv('MSRASR_NATIVE', '0')

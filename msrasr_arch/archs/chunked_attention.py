@@ -73,30 +73,6 @@ def _target(dst: torch.Tensor, group, part, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like)
 
 
-def _gradient_targets(grads, blocks, dbias, group, part, zeroed: bool = True):
-    """Where a part's gradients are computed: ``(count * h * regions, size, e)`` blocks for dq, dk, dv (views of
-    the contiguous ``grads`` for whole windows, else new tensors) and, when ``dbias`` (1, h, N, N) is given,
-    the part's ``(h * regions, size, size)`` bias-gradient blocks (a view of ``dbias`` for whole windows, else
-    new: zeros to add into, or uninitialised unless ``zeroed``). :func:`_gradients_back` puts them in place."""
-    targets = [_target(g, group, part, t) for g, t in zip(grads, blocks)]
-    dmask = None
-    if dbias is not None:
-        h, size = dbias.shape[1], part.size
-        new = dbias.new_zeros if zeroed else dbias.new_empty
-        dmask = part.blocks(dbias[0]) if part.tokens is None else new(h, part.regions, size, size)
-        dmask = dmask.view(h * part.regions, size, size)
-    return targets, dmask
-
-
-def _gradients_back(grads, targets, dbias, dmask, group, part) -> None:
-    """Write what :func:`_gradient_targets` gave back to the windows' tokens and the bias map's entries."""
-    for g, gp in zip(grads, targets):
-        _scatter(g, group, part, gp)
-    if dmask is not None and part.tokens is not None:
-        h = dbias.shape[1]
-        dbias[0].view(h, -1).scatter_add_(1, part.block.expand(h, -1), dmask.view(h, -1))
-
-
 class _ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
@@ -143,7 +119,12 @@ class _ChunkedAttention(torch.autograd.Function):
             qp, kp, vp = blocks[3 * i:3 * i + 3]
             dop, rp = _block(dout, group, part), _block(rowsums, group, part)
             hr, size = h * part.regions, part.size
-            (dqp, dkp, dvp), dmask = _gradient_targets((dq, dk, dv), (qp, kp, vp), dbias, group, part)
+            dqp, dkp, dvp = (_target(g, group, part, t) for g, t in ((dq, qp), (dk, kp), (dv, vp)))
+            whole = part.tokens is None
+            dmask = None
+            if dbias is not None:
+                dmask = part.blocks(dbias[0]) if whole else dbias.new_zeros(h, part.regions, size, size)
+                dmask = dmask.view(hr, size, size)
             mask = part.blocks(bias[0]).view(hr, size, size) if recompute else None
             step, chunks = _chunks(group, part, h, out.element_size())
             buf_s = None if mask is None else out.new_empty(step, hr, size, size)
@@ -158,7 +139,10 @@ class _ChunkedAttention(torch.autograd.Function):
                 torch.bmm(ds.transpose(1, 2), qp[rows], out=dkp[rows])
                 if dmask is not None:
                     dmask.add_(ds if m == 1 else ds.view(m, hr, size, size).sum(0))
-            _gradients_back((dq, dk, dv), (dqp, dkp, dvp), dbias, dmask, group, part)
+            for g, gp in ((dq, dqp), (dk, dkp), (dv, dvp)):
+                _scatter(g, group, part, gp)
+            if dmask is not None and not whole:
+                dbias[0].view(h, -1).scatter_add_(1, part.block.expand(h, -1), dmask.view(h, -1))
         return dq, dk, dv, dbias, None
 
 

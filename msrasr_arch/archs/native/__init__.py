@@ -26,7 +26,7 @@ from ...utils.atomic import atomic_path
 __all__ = ['library', 'forward', 'backward']
 
 _SOURCE = Path(__file__).with_name('window_attention.cpp')
-_VERSION = 2
+_VERSION = 3
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-std=c++17', '-shared', '-fPIC']
@@ -86,51 +86,73 @@ def library() -> Optional[ctypes.CDLL]:
         warnings.warn(f'msrasr_arch: CPU window attention kernel unavailable, attending with PyTorch '
                       f'operators ({err})', RuntimeWarning, stacklevel=2)
         return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.msrasr_window_attention_forward.argtypes = [ptr] * 6 + [i64] * 5 + [ctypes.c_int]
+    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.msrasr_window_attention_forward.argtypes = [ptr] * 8 + [i64] * 7 + [i32]
     lib.msrasr_window_attention_forward.restype = None
-    lib.msrasr_window_attention_backward.argtypes = [ptr] * 11 + [ctypes.c_int] + [i64] * 5 + [ctypes.c_int]
+    lib.msrasr_window_attention_backward.argtypes = [ptr] * 13 + [i32] + [i64] * 7 + [i32]
     lib.msrasr_window_attention_backward.restype = None
     return lib
 
 
-def _pointer(t: Optional[torch.Tensor], name: str):
+def _pointer(t: Optional[torch.Tensor], name: str, dtype=torch.float32, contiguous: bool = False):
     if t is None:
         return None
-    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != 'cpu':
-        raise ValueError(f'window attention kernel: {name} must be a contiguous float32 CPU tensor, '
-                         f'got {t.dtype} {tuple(t.stride())} on {t.device}')
+    laid_out = t.is_contiguous() if contiguous else t.stride(-1) == 1
+    if t.dtype != dtype or t.device.type != 'cpu' or not laid_out:
+        raise ValueError(f'window attention kernel: {name} must be a {dtype} CPU tensor with '
+                         f'{"contiguous memory" if contiguous else "a contiguous last dimension"}, got {t.dtype} '
+                         f'{tuple(t.stride())} on {t.device}')
     return t.data_ptr()
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
-            lse: Optional[torch.Tensor] = None) -> None:
-    """``out`` (M, S, C) = softmax(q k^T + bias[m % HR]) v for q, k (M, S, E), v (M, S, C) and bias (HR, S, S),
-    HR dividing M; ``lse`` (M, S), when given, gets each row's log-sum-exp for :func:`backward`."""
-    m, s, e = q.shape
-    c, hr = v.shape[-1], bias.shape[0]
-    if (k.shape != q.shape or v.shape[:2] != (m, s) or bias.shape[1:] != (s, s) or out.shape != v.shape
-            or m % hr):
-        raise ValueError(f'window attention kernel: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, '
-                         f'v {tuple(v.shape)}, bias {tuple(bias.shape)}, out {tuple(out.shape)} do not agree')
-    args = [_pointer(t, name) for t, name in ((q, 'q'), (k, 'k'), (v, 'v'), (bias, 'bias'), (out, 'out'),
-                                              (lse, 'lse'))]
-    library().msrasr_window_attention_forward(*args, m, s, e, c, hr, torch.get_num_threads())
+def _check(q, k, v, bias, tokens, regions: int, **others):
+    """The part's sizes (windows, heads, size, n, e, c) from q, k (W, H, N, E) and v (W, H, N, C), with every
+    other (W, H, N, C) tensor in ``others`` checked against them."""
+    w, h, n, e = q.shape
+    c = v.shape[-1]
+    size = n if tokens is None else tokens.numel() // regions
+    wrong = [name for name, t, shape in [('k', k, q.shape), ('v', v, (w, h, n, c)), ('bias', bias, (h, n, n))]
+             + [(name, t, (w, h, n, c)) for name, t in others.items()] if t is not None and t.shape != shape]
+    if wrong or (tokens is None and regions != 1) or (tokens is not None and tokens.numel() != regions * size):
+        raise ValueError(f'window attention kernel: shapes do not agree ({", ".join(wrong) or "tokens"}): q '
+                         f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, bias {tuple(bias.shape)}')
+    return w, h, size, n, e, c
 
 
-def backward(q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias=None, add_dbias: bool = True) -> None:
-    """Gradients of :func:`forward`: ``dq``, ``dk``, ``dv`` written; ``dbias`` (HR, S, S), when given, added to
-    (``add_dbias``) or written over. ``rowsum`` (M, S) is ``(dout * out).sum(-1)``."""
-    m, s, e = q.shape
-    c, hr = v.shape[-1], bias.shape[0]
-    for t, shape in ((k, q.shape), (dq, q.shape), (dk, q.shape), (dv, v.shape), (dout, v.shape), (lse, (m, s)),
-                     (rowsum, (m, s))):
-        if t.shape != shape:
-            raise ValueError(f'window attention kernel: a gradient buffer of shape {tuple(t.shape)} where '
-                             f'{tuple(shape)} belongs')
-    if v.shape[:2] != (m, s) or bias.shape[1:] != (s, s) or m % hr or (dbias is not None and dbias.shape != bias.shape):
-        raise ValueError(f'window attention kernel: shapes q {tuple(q.shape)}, v {tuple(v.shape)}, '
-                         f'bias {tuple(bias.shape)} do not agree')
-    names = ('q', 'k', 'v', 'bias', 'lse', 'dout', 'rowsum', 'dq', 'dk', 'dv', 'dbias')
-    args = [_pointer(t, name) for t, name in zip((q, k, v, bias, lse, dout, rowsum, dq, dk, dv, dbias), names)]
-    library().msrasr_window_attention_backward(*args, int(add_dbias), m, s, e, c, hr, torch.get_num_threads())
+def _strides(*tensors):
+    return (ctypes.c_int64 * (3 * len(tensors)))(*(s for t in tensors for s in t.stride()[:3]))
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, bias: torch.Tensor,
+            lse: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None, regions: int = 1) -> None:
+    """``out`` = softmax(q k^T + bias) v within each region of each window and head, in place.
+
+    q, k (W, H, N, E), v and out (W, H, N, C), any strides with a contiguous last dimension; bias (H, N, N)
+    contiguous. ``tokens`` (regions * size,) int64: each region's tokens (None: all N, one region); only
+    those rows of ``out`` are written. ``lse`` (W * H * regions, size), when given, gets each row's
+    log-sum-exp for :func:`backward`."""
+    w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out)
+    if lse is not None and lse.shape != (w * h * regions, size):
+        raise ValueError(f'window attention kernel: lse {tuple(lse.shape)} where {(w * h * regions, size)} belongs')
+    args = [_pointer(t, name) for t, name in ((q, 'q'), (k, 'k'), (v, 'v'), (out, 'out'))]
+    library().msrasr_window_attention_forward(
+        *args, _strides(q, k, v, out), _pointer(bias, 'bias', contiguous=True),
+        _pointer(tokens, 'tokens', torch.int64, contiguous=True), _pointer(lse, 'lse', contiguous=True),
+        w, h, regions, size, n, e, c, torch.get_num_threads())
+
+
+def backward(q, k, v, out, dout, dq, dk, dv, bias, lse, dbias=None, add_dbias: bool = True, tokens=None,
+             regions: int = 1) -> None:
+    """Gradients of :func:`forward` at the part's tokens: ``dq``, ``dk`` (W, H, N, E) and ``dv`` (W, H, N, C)
+    written there; ``dbias`` (H, N, N), when given, gets the sum over the windows at the part's entries,
+    added, or written over for a part of whole windows without ``add_dbias``."""
+    w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out, dout=dout, dv=dv)
+    if dq.shape != q.shape or dk.shape != q.shape or (dbias is not None and dbias.shape != bias.shape):
+        raise ValueError('window attention kernel: gradient buffers do not agree with q and bias')
+    tensors = (q, k, v, out, dout, dq, dk, dv)
+    names = ('q', 'k', 'v', 'out', 'dout', 'dq', 'dk', 'dv')
+    library().msrasr_window_attention_backward(
+        *(_pointer(t, name) for t, name in zip(tensors, names)), _strides(*tensors),
+        _pointer(bias, 'bias', contiguous=True), _pointer(tokens, 'tokens', torch.int64, contiguous=True),
+        _pointer(lse, 'lse', contiguous=True), _pointer(dbias, 'dbias', contiguous=True), int(add_dbias),
+        w, h, regions, size, n, e, c, torch.get_num_threads())

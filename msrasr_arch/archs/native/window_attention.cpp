@@ -1,11 +1,14 @@
-// Softmax attention with an additive bias over blocks of window tokens, forward and backward, a panel of
-// rows at a time: no N x N map is written to memory, where a PyTorch attention makes a dozen passes over
-// every map entry in the forward and backward (what the CPU spent its time on at window 16).
+// Softmax attention with an additive bias within windows of tokens, forward and backward, a panel of rows
+// at a time: no N x N map is written to memory, where a PyTorch attention makes a dozen passes over every
+// map entry in the forward and backward (what the CPU spent its time on at window 16).
 //
 // Built at run time by msrasr_arch/archs/native/__init__.py with the machine's C++ compiler (-march=native)
-// and loaded through ctypes; every tensor is a contiguous float32 block:
-//   q, k (M, S, E), v (M, S, C), bias (HR, S, S): block m attends with bias block m % HR,
-//   out (M, S, C), lse (M, S): each row's log-sum-exp, from which the backward recomputes the probabilities.
+// and loaded through ctypes. One call serves one part of a group of windows (see archs/window.py): W
+// windows x H heads x R regions of `size` tokens each; a region's tokens are `tokens[region * size + i]`
+// of the window's N (all N in order where tokens is null, R = 1). q, k (W, H, N, E), v, out, dout (W, H, N, C)
+// and dq, dk, dv are read and written in place through (window, head, token) strides, the last dimension
+// contiguous, so the network's token-major layouts need no copies; bias and dbias are the (H, N, N) maps;
+// lse (W * H * R, size) holds each row's log-sum-exp, from which the backward recomputes the probabilities.
 // GCC vector extensions rather than intrinsics: the same source lowers to AVX-512, AVX2, SSE or NEON.
 // The parallel loops use OpenMP: linked against libgomp.so.1, the library shares the runtime (and the
 // threads) that PyTorch's wheel has already loaded under that name.
@@ -14,6 +17,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include <omp.h>
 
 namespace {
 
@@ -140,30 +145,7 @@ struct Shape {
         : s(s_), e(e_), c(c_), sp(round_up(s_, 32)), ep(round_up(e_, 16)), cp(round_up(c_, 16)) {}
 };
 
-// Copy rows of width w (stride w) into rows of stride ld, zero past w; `rows` rows.
-void pad_rows(const float* src, int64_t rows, int64_t w, float* dst, int64_t ld) {
-    for (int64_t i = 0; i < rows; ++i) {
-        std::memcpy(dst + i * ld, src + i * w, w * sizeof(float));
-        std::fill(dst + i * ld + w, dst + (i + 1) * ld, 0.0f);
-    }
-}
-
-// Transpose rows (S, w) into (w, ld), zero past S.
-void transpose(const float* src, int64_t s, int64_t w, float* dst, int64_t ld) {
-    for (int64_t x = 0; x < w; ++x) {
-        float* row = dst + x * ld;
-        for (int64_t j = 0; j < s; ++j) row[j] = src[j * w + x];
-        std::fill(row + s, row + ld, 0.0f);
-    }
-}
-
-// Logits of rows [i0, i0 + n) into l (n, sp): bias + q k^T, zero past s.
-void logits(const Shape& d, const float* q, const float* bias, const float* kt, int64_t n, float* l) {
-    pad_rows(bias, n, d.s, l, d.sp);
-    gemm(n, d.sp, d.e, q, d.e, 1, kt, d.ld(), l, d.sp, true);
-}
-
-// Row i of l to exp(l - shift) over s entries, zero past them; returns their sum.
+// A row of logits to exp(row - shift) over s entries, zero past them; returns their sum.
 float exp_row(const Shape& d, float* row, float shift) {
     std::fill(row + d.s, row + d.sp, -INFINITY);
     v8 sum{};
@@ -195,25 +177,154 @@ float max_row(const Shape& d, const float* row) {
     return m;
 }
 
+// A (windows, heads, tokens, width) tensor, width contiguous, and the part of it one call serves.
+struct View {
+    const float* p;
+    int64_t sw, sh, st;
+    const float* row(int64_t w, int64_t h, int64_t t) const { return p + w * sw + h * sh + t * st; }
+    float* out(int64_t w, int64_t h, int64_t t) const { return const_cast<float*>(row(w, h, t)); }
+};
+
+struct Part {
+    int64_t windows, heads, regions, n;
+    const int64_t* tokens;  // regions * size, or null: one region of all n tokens in order
+    const float* bias;      // (heads, n, n)
+    int64_t token(int64_t region, int64_t size, int64_t i) const { return tokens ? tokens[region * size + i] : i; }
+};
+
+// A window of a token-major tensor (each token's heads side by side: the network's qkv, v and proj input)
+// copied head by head into a thread's buffer in one pass over its rows. A block (one head) reading the
+// tensor in place would take a few floats of every row, scattered over the window, and did: the kernel took
+// 1.5x its time on contiguous blocks. Head-major tensors are used in place.
+struct Staged {
+    View src;
+    int64_t heads, n, width;
+    bool copy;
+    std::vector<float> buf;
+    int64_t win = -1;
+
+    Staged(View s, int64_t heads_, int64_t n_, int64_t width_)
+        : src(s), heads(heads_), n(n_), width(width_), copy(s.st > s.sh), buf(copy ? heads_ * n_ * width_ : 0) {}
+
+    // The tensor as a View whose window `w` holds window w's rows.
+    View at(int64_t w) {
+        if (!copy) return src;
+        if (w != win) {
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t h = 0; h < heads; ++h)
+                    std::memcpy(buf.data() + (h * n + t) * width, src.row(w, h, t), width * sizeof(float));
+            win = w;
+        }
+        return View{buf.data(), 0, n * width, width};
+    }
+};
+
+// The same for a tensor written: a block's rows go to the buffer, and the blocks written of a window go out to
+// the tensor, token by token, when the thread moves on to another window or finishes (only those: another
+// thread may write the window's other heads or regions).
+struct StagedOut {
+    View dst;
+    const Part& part;
+    int64_t size, width;
+    bool copy;
+    std::vector<float> buf;
+    std::vector<char> written;  // per (head, region) block of the window
+    int64_t win = -1;
+
+    StagedOut(View d, const Part& p, int64_t size_, int64_t width_)
+        : dst(d), part(p), size(size_), width(width_), copy(d.st > d.sh), buf(copy ? p.heads * p.n * width_ : 0),
+          written(p.heads * p.regions, 0) {}
+
+    // Where block (head h, region) of window w is written.
+    View at(int64_t w, int64_t h, int64_t region) {
+        if (!copy) return dst;
+        if (w != win) {
+            flush();
+            win = w;
+        }
+        written[h * part.regions + region] = 1;
+        return View{buf.data(), 0, part.n * width, width};
+    }
+
+    void flush() {
+        if (!copy || win < 0) return;
+        for (int64_t i = 0; i < part.regions * size; ++i) {
+            const int64_t region = i / size, t = part.token(region, size, i % size);
+            for (int64_t h = 0; h < part.heads; ++h)
+                if (written[h * part.regions + region])
+                    std::memcpy(dst.out(win, h, t), buf.data() + (h * part.n + t) * width, width * sizeof(float));
+        }
+        std::fill(written.begin(), written.end(), 0);
+        win = -1;
+    }
+};
+
 // One thread's buffers, sized for one block.
 struct Work {
-    std::vector<float> kt, vt, kp, vp, l, ds, o, dkt, dvt;
+    std::vector<float> kt, vt, kp, vp, l, ds, o, qr, dor;
+    std::vector<float> dkt, dvt;
+    std::vector<int64_t> tok;
 
     explicit Work(const Shape& d, bool backward)
         : kt(d.e * d.ld()), vt(backward ? d.c * d.ld() : 0), kp(backward ? d.s * d.ep : 0), vp(backward ? 0 : d.s * d.cp),
-          l(PANEL * d.sp), ds(backward ? PANEL * d.sp : 0), o(PANEL * std::max(d.ep, d.cp)),
-          dkt(backward ? d.e * d.ld() : 0), dvt(backward ? d.c * d.ld() : 0) {}
+          l(PANEL * d.sp), ds(backward ? PANEL * d.sp : 0), o(PANEL * std::max(d.ep, d.cp)), qr(PANEL * d.e),
+          dor(backward ? PANEL * d.c : 0), dkt(backward ? d.e * d.ld() : 0), dvt(backward ? d.c * d.ld() : 0),
+          tok(d.s) {}
+
+    // The block's tokens, k transposed (E, ld) and, for the forward, v padded (S, cp); for the backward, v
+    // transposed (C, ld) and k padded (S, ep).
+    void load(const Shape& d, const Part& part, const View& k, const View& v, int64_t w, int64_t h,
+              int64_t region, bool backward) {
+        for (int64_t j = 0; j < d.s; ++j) tok[j] = part.token(region, d.s, j);
+        for (int64_t x = 0; x < d.e; ++x) std::fill(kt.begin() + x * d.ld() + d.s, kt.begin() + (x + 1) * d.ld(), 0.0f);
+        for (int64_t j = 0; j < d.s; ++j) {
+            const float* kj = k.row(w, h, tok[j]);
+            for (int64_t x = 0; x < d.e; ++x) kt[x * d.ld() + j] = kj[x];
+        }
+        if (backward) {
+            pad_rows_from(k, w, h, d.e, kp.data(), d.ep);
+            for (int64_t x = 0; x < d.c; ++x) std::fill(vt.begin() + x * d.ld() + d.s, vt.begin() + (x + 1) * d.ld(), 0.0f);
+            for (int64_t j = 0; j < d.s; ++j) {
+                const float* vj = v.row(w, h, tok[j]);
+                for (int64_t x = 0; x < d.c; ++x) vt[x * d.ld() + j] = vj[x];
+            }
+        } else {
+            pad_rows_from(v, w, h, d.c, vp.data(), d.cp);
+        }
+    }
+
+    // The block's rows of x (W, H, N, width) in token order, each padded with zeros to ld floats.
+    void pad_rows_from(const View& x, int64_t w, int64_t h, int64_t width, float* dst, int64_t ld) const {
+        for (size_t j = 0; j < tok.size(); ++j) {
+            std::memcpy(dst + j * ld, x.row(w, h, tok[j]), width * sizeof(float));
+            std::fill(dst + j * ld + width, dst + (j + 1) * ld, 0.0f);
+        }
+    }
+
+    // Logits of rows [i0, i0 + n) into l (n, sp): bias + q k^T, zero past s; q's rows copied to qr (n, E).
+    void logits(const Shape& d, const Part& part, const View& q, int64_t w, int64_t h, int64_t i0, int64_t n) {
+        const float* bias = part.bias + h * part.n * part.n;
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t ti = tok[i0 + i];
+            std::memcpy(qr.data() + i * d.e, q.row(w, h, ti), d.e * sizeof(float));
+            float* li = l.data() + i * d.sp;
+            const float* bi = bias + ti * part.n;
+            if (part.tokens) for (int64_t j = 0; j < d.s; ++j) li[j] = bi[tok[j]];
+            else std::memcpy(li, bi, d.s * sizeof(float));
+            std::fill(li + d.s, li + d.sp, 0.0f);
+        }
+        gemm(n, d.sp, d.e, qr.data(), d.e, 1, kt.data(), d.ld(), l.data(), d.sp, true);
+    }
 };
 
-void forward_block(const Shape& d, Work& w, const float* q, const float* k, const float* v, const float* bias,
-                   float* out, float* lse) {
-    transpose(k, d.s, d.e, w.kt.data(), d.ld());
-    pad_rows(v, d.s, d.c, w.vp.data(), d.cp);
+void forward_block(const Shape& d, const Part& part, Work& w, const View& q, const View& k, const View& v,
+                   const View& out, float* lse, int64_t win, int64_t h, int64_t region) {
+    w.load(d, part, k, v, win, h, region, false);
     float scale[PANEL];
     for (int64_t i0 = 0; i0 < d.s; i0 += PANEL) {
         const int64_t n = std::min(PANEL, d.s - i0);
         float* l = w.l.data();
-        logits(d, q + i0 * d.e, bias + i0 * d.s, w.kt.data(), n, l);
+        w.logits(d, part, q, win, h, i0, n);
         for (int64_t i = 0; i < n; ++i) {
             const float mx = max_row(d, l + i * d.sp);
             const float total = exp_row(d, l + i * d.sp, mx);
@@ -221,100 +332,137 @@ void forward_block(const Shape& d, Work& w, const float* q, const float* k, cons
             if (lse) lse[i0 + i] = mx + std::log(total);
         }
         gemm(n, d.cp, d.s, l, d.sp, 1, w.vp.data(), d.cp, w.o.data(), d.cp, false);
-        for (int64_t i = 0; i < n; ++i)
-            for (int64_t x = 0; x < d.c; ++x) out[(i0 + i) * d.c + x] = w.o[i * d.cp + x] * scale[i];
+        for (int64_t i = 0; i < n; ++i) {
+            float* oi = out.out(win, h, w.tok[i0 + i]);
+            for (int64_t x = 0; x < d.c; ++x) oi[x] = w.o[i * d.cp + x] * scale[i];
+        }
     }
 }
 
-void backward_block(const Shape& d, Work& w, const float* q, const float* k, const float* v, const float* bias,
-                    const float* lse, const float* dout, const float* rowsum, float* dq, float* dk, float* dv,
-                    float* dbias, bool first) {
-    transpose(k, d.s, d.e, w.kt.data(), d.ld());
-    transpose(v, d.s, d.c, w.vt.data(), d.ld());
-    pad_rows(k, d.s, d.e, w.kp.data(), d.ep);
+// dbias: the head's (n, n) map, written (first) or added to at the block's entries.
+void backward_block(const Shape& d, const Part& part, Work& w, const View& q, const View& k, const View& v,
+                    const View& out, const View& dout, const float* lse, const View& dq, const View& dk,
+                    const View& dv, float* dbias, bool first, int64_t win, int64_t h, int64_t region) {
+    w.load(d, part, k, v, win, h, region, true);
     std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
     std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
     for (int64_t i0 = 0; i0 < d.s; i0 += PANEL) {
         const int64_t n = std::min(PANEL, d.s - i0);
         float* p = w.l.data();
         float* ds = w.ds.data();
-        logits(d, q + i0 * d.e, bias + i0 * d.s, w.kt.data(), n, p);
-        for (int64_t i = 0; i < n; ++i) exp_row(d, p + i * d.sp, lse[i0 + i]);
-        // dP = dout v^T, then dS = P * (dP - rowsum).
-        gemm(n, d.sp, d.c, dout + i0 * d.c, d.c, 1, w.vt.data(), d.ld(), ds, d.sp, false);
+        w.logits(d, part, q, win, h, i0, n);
+        float rowsum[PANEL];
+        for (int64_t i = 0; i < n; ++i) {
+            exp_row(d, p + i * d.sp, lse[i0 + i]);
+            const int64_t ti = w.tok[i0 + i];
+            const float* doi = dout.row(win, h, ti);
+            const float* oi = out.row(win, h, ti);
+            float rs = 0.0f;
+            for (int64_t x = 0; x < d.c; ++x) rs += doi[x] * oi[x];
+            rowsum[i] = rs;
+            std::memcpy(w.dor.data() + i * d.c, doi, d.c * sizeof(float));
+        }
+        // dP = dout v^T, then dS = P * (dP - rowsum), the softmax's backward (rowsum = dout . out).
+        gemm(n, d.sp, d.c, w.dor.data(), d.c, 1, w.vt.data(), d.ld(), ds, d.sp, false);
         for (int64_t i = 0; i < n; ++i) {
             float* dsi = ds + i * d.sp;
             const float* pi = p + i * d.sp;
-            const float rs = rowsum[i0 + i];
+            const float rs = rowsum[i];
             for (int64_t j = 0; j < d.sp; j += 8) store(dsi + j, load(pi + j) * (load(dsi + j) - rs));
             if (dbias) {
-                float* db = dbias + (i0 + i) * d.s;
-                if (first) std::memcpy(db, dsi, d.s * sizeof(float));
+                float* db = dbias + w.tok[i0 + i] * part.n;
+                if (part.tokens) for (int64_t j = 0; j < d.s; ++j) db[w.tok[j]] += dsi[j];
+                else if (first) std::memcpy(db, dsi, d.s * sizeof(float));
                 else for (int64_t j = 0; j < d.s; ++j) db[j] += dsi[j];
             }
         }
         // Transposed, dV^T += dout^T P and dK^T += q^T dS: the head width is the rows, which need no padding
         // (columns go 16 at a time; rows of 10 by two tiles of 5). Then dQ = dS k.
-        gemm(d.c, d.sp, n, dout + i0 * d.c, 1, d.c, p, d.sp, w.dvt.data(), d.ld(), true);
-        gemm(d.e, d.sp, n, q + i0 * d.e, 1, d.e, ds, d.sp, w.dkt.data(), d.ld(), true);
+        gemm(d.c, d.sp, n, w.dor.data(), 1, d.c, p, d.sp, w.dvt.data(), d.ld(), true);
+        gemm(d.e, d.sp, n, w.qr.data(), 1, d.e, ds, d.sp, w.dkt.data(), d.ld(), true);
         gemm(n, d.ep, d.s, ds, d.sp, 1, w.kp.data(), d.ep, w.o.data(), d.ep, false);
         for (int64_t i = 0; i < n; ++i)
-            std::memcpy(dq + (i0 + i) * d.e, w.o.data() + i * d.ep, d.e * sizeof(float));
+            std::memcpy(dq.out(win, h, w.tok[i0 + i]), w.o.data() + i * d.ep, d.e * sizeof(float));
     }
     for (int64_t j = 0; j < d.s; ++j) {
-        for (int64_t x = 0; x < d.e; ++x) dk[j * d.e + x] = w.dkt[x * d.ld() + j];
-        for (int64_t x = 0; x < d.c; ++x) dv[j * d.c + x] = w.dvt[x * d.ld() + j];
+        float* dkj = dk.out(win, h, w.tok[j]);
+        float* dvj = dv.out(win, h, w.tok[j]);
+        for (int64_t x = 0; x < d.e; ++x) dkj[x] = w.dkt[x * d.ld() + j];
+        for (int64_t x = 0; x < d.c; ++x) dvj[x] = w.dvt[x * d.ld() + j];
     }
 }
+
+View view(const float* p, const int64_t* strides) { return View{p, strides[0], strides[1], strides[2]}; }
 
 }  // namespace
 
 extern "C" {
 
 // The library's interface version; the loader refuses a library that reports another.
-int msrasr_window_attention_version() { return 2; }
+int msrasr_window_attention_version() { return 3; }
 
-// out (M, S, C) = softmax(q k^T + bias) v per block; lse (M, S) written when not null.
-void msrasr_window_attention_forward(const float* q, const float* k, const float* v, const float* bias,
-                                     float* out, float* lse, int64_t m, int64_t s, int64_t e, int64_t c,
-                                     int64_t hr, int threads) {
-    const Shape d(s, e, c);
+// out = softmax(q k^T + bias) v within each region of each window and head; lse written when not null.
+// strides: (window, head, token) of q, k, v, out in turn.
+void msrasr_window_attention_forward(const float* q, const float* k, const float* v, float* out,
+                                     const int64_t* strides, const float* bias, const int64_t* tokens, float* lse,
+                                     int64_t windows, int64_t heads, int64_t regions, int64_t size, int64_t n,
+                                     int64_t e, int64_t c, int threads) {
+    const Shape d(size, e, c);
+    const Part part{windows, heads, regions, n, tokens, bias};
+    const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6), ov = view(out, strides + 9);
+    const int64_t hr = heads * regions, m = windows * hr;
 #pragma omp parallel num_threads(threads)
     {
         Work w(d, false);
-        // Blocks in bias-major order, so that a thread's consecutive blocks share their bias block (256 KB at
-        // window 16, which stays in L2 across them; taken in storage order, six heads' blocks would not).
-        const int64_t per = m / hr;
+        Staged sq(qv, heads, n, e), sk(kv, heads, n, e), sv(vv, heads, n, c);
+        StagedOut so(ov, part, size, c);
+        // Window by window (a thread's blocks are consecutive), each window staged once for its heads.
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < m; ++t) {
-            const int64_t b = t % per * hr + t / per;
-            forward_block(d, w, q + b * s * e, k + b * s * e, v + b * s * c, bias + (b % hr) * s * s, out + b * s * c,
-                          lse ? lse + b * s : nullptr);
+        for (int64_t b = 0; b < m; ++b) {
+            const int64_t r = b % hr, win = b / hr, h = r / regions;
+            forward_block(d, part, w, sq.at(win), sk.at(win), sv.at(win), so.at(win, h, r % regions),
+                          lse ? lse + b * size : nullptr, win, h, r % regions);
         }
+        so.flush();
     }
 }
 
-// Gradients of the forward above given dout (M, S, C) and rowsum (M, S) = sum_c dout * out:
-// dq, dk (M, S, E) and dv (M, S, C) written; dbias (HR, S, S), when not null, gets the sum over the blocks
-// that share a bias block, added to what it holds where add_dbias is set, else written over it (no zeroing
-// pass before). Threads split the bias blocks, so no two write the same dbias entry.
-void msrasr_window_attention_backward(const float* q, const float* k, const float* v, const float* bias,
-                                      const float* lse, const float* dout, const float* rowsum,
-                                      float* dq, float* dk, float* dv, float* dbias, int add_dbias, int64_t m,
-                                      int64_t s, int64_t e, int64_t c, int64_t hr, int threads) {
-    const Shape d(s, e, c);
+// Gradients of the forward above: dq, dk, dv written at the part's tokens (strides: q, k, v, out, dout, dq, dk,
+// dv); dbias (heads, n, n), when not null, gets the sum over the windows at the part's entries: added to what
+// it holds, or, for a part of whole windows without add_dbias, written over it (no zeroing pass before).
+// Threads split the (head, region) blocks, whose entries of dbias are disjoint.
+void msrasr_window_attention_backward(const float* q, const float* k, const float* v, const float* out,
+                                      const float* dout, float* dq, float* dk, float* dv, const int64_t* strides,
+                                      const float* bias, const int64_t* tokens, const float* lse, float* dbias,
+                                      int add_dbias, int64_t windows, int64_t heads, int64_t regions, int64_t size,
+                                      int64_t n, int64_t e, int64_t c, int threads) {
+    const Shape d(size, e, c);
+    const Part part{windows, heads, regions, n, tokens, bias};
+    const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6),
+               ov = view(out, strides + 9), dov = view(dout, strides + 12), dqv = view(dq, strides + 15),
+               dkv = view(dk, strides + 18), dvv = view(dv, strides + 21);
+    const int64_t hr = heads * regions;
 #pragma omp parallel num_threads(threads)
     {
         Work w(d, true);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < hr; ++r) {
-            for (int64_t b = r; b < m; b += hr) {
-                const int64_t bs = b * s;
-                backward_block(d, w, q + bs * e, k + bs * e, v + bs * c, bias + r * s * s, lse + bs, dout + bs * c,
-                               rowsum + bs, dq + bs * e, dk + bs * e, dv + bs * c, dbias ? dbias + r * s * s : nullptr,
-                               b == r && !add_dbias);
+        Staged sq(qv, heads, n, e), sk(kv, heads, n, e), sv(vv, heads, n, c), so(ov, heads, n, c),
+            sdo(dov, heads, n, c);
+        StagedOut sdq(dqv, part, size, e), sdk(dkv, part, size, e), sdv(dvv, part, size, c);
+        // Each thread takes a share of the (head, region) blocks, whose entries of dbias are disjoint, and goes
+        // through the windows, its blocks of one window after another (each window staged once).
+        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t r0 = hr * id / nt, r1 = hr * (id + 1) / nt;
+        for (int64_t win = 0; win < windows && r0 < r1; ++win)
+            for (int64_t r = r0; r < r1; ++r) {
+                const int64_t h = r / regions, region = r % regions;
+                backward_block(d, part, w, sq.at(win), sk.at(win), sv.at(win), so.at(win), sdo.at(win),
+                               lse + (win * hr + r) * size, sdq.at(win, h, region), sdk.at(win, h, region),
+                               sdv.at(win, h, region), dbias ? dbias + h * n * n : nullptr, win == 0 && !add_dbias,
+                               win, h, region);
             }
-        }
+        sdq.flush();
+        sdk.flush();
+        sdv.flush();
     }
 }
 
