@@ -3,6 +3,7 @@ interleaved rounds, median milliseconds of forward + backward.
 
     python benchmarks/components.py                 # 2 threads, 12 rounds
     python benchmarks/components.py --rounds 30
+    python benchmarks/components.py --sections attention
 
 * ``bias maps``: a computing layer's position bias and an inheriting layer's ``F`` over it, as one
   training step of light x2 uses them (window 16, 6 heads): ``F`` on the bias's distinct values and both
@@ -19,6 +20,11 @@ interleaved rounds, median milliseconds of forward + backward.
 * ``shifted windows``: the CPU training attention of one shifted layer (window 16, 6 heads of width 16,
   batch 4 of P x P LR patches), border windows region by region (current) against every window whole with
   its group's shift mask added to the bias (previous), forward + backward of q, k, v and the bias.
+* ``window attention``: one layer's attention over 64 windows (batch 4 of 64x64 LR patches at window 16),
+  6 heads, q and k of width 10 (a computing layer) or 30 (an inheriting layer's Q' and K'), v of width 10:
+  the C++ kernel (``native``, current on the CPU where it builds) against the PyTorch-operator forms it
+  replaced, heads padded as they pad them: ``chunked`` for training (forward + backward of q, k, v and the
+  bias), SDPA for inference (forward).
 * ``Adam`` and ``EMA``: one optimiser step and one EMA update (decay 0.999) over the parameters of
   MSRA-SR-light x2 (458 tensors) and of BasicSR's SwinIR-light x2 (330), as ``basicsr train`` runs them
   with MSRASRModel: Adam fused, the EMA as two multi-tensor operations; against PyTorch's default Adam
@@ -35,8 +41,10 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from msrasr_arch.archs import native  # noqa: E402
 from msrasr_arch.archs.backend import choose_backend  # noqa: E402
 from msrasr_arch.archs.chunked_attention import chunked_attention  # noqa: E402
+from msrasr_arch.archs.native_attention import native_attention  # noqa: E402
 from msrasr_arch.archs.depthwise import depthwise_weight_grad  # noqa: E402
 from msrasr_arch.archs.shared_attention import SharedWindowAttention, _shifted_factors  # noqa: E402
 from msrasr_arch.archs.window import _mask, window_layout  # noqa: E402
@@ -192,6 +200,45 @@ def shifted_windows(rounds, patch):
     }, (current(), joined(previous())), rounds)
 
 
+def window_attention(rounds):
+    torch.manual_seed(0)
+    b, h, n, ev = 64, 6, 256, 10
+    for e in (10, 30):
+        width = (e + 15) // 16 * 16
+        q, k = (torch.randn(b, h, n, e) * 0.5 for _ in range(2))
+        v = torch.randn(b, h, n, ev)
+        bias = torch.randn(1, h, n, n)
+        grad = torch.randn(b, h, n, ev)
+        padded = [F.pad(q, (0, width - e)), F.pad(k, (0, width - e))]
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+        padded_leaves = [t.clone().requires_grad_() for t in padded + [F.pad(v, (0, 16 - ev)), bias]]
+
+        def kernel():
+            out = native_attention(*leaves)
+            return (out, ) + torch.autograd.grad(out, leaves, grad)
+
+        def chunked():
+            out = chunked_attention(*padded_leaves)[..., :ev]
+            qg, kg, vg, bg = torch.autograd.grad(out, padded_leaves, grad)
+            return out, qg[..., :e], kg[..., :e], vg[..., :ev], bg
+
+        report(f'window attention, width {e}, forward + backward (training)',
+               {'native': kernel, 'chunked': chunked}, (kernel(), chunked()), rounds)
+
+        sdpa_v = F.pad(v, (0, width - ev))
+
+        def native_infer():
+            with torch.no_grad():
+                return native_attention(q, k, v, bias),
+
+        def sdpa_infer():
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(*padded, sdpa_v, attn_mask=bias, scale=1.0)[..., :ev],
+
+        report(f'window attention, width {e}, forward (inference)', {'native': native_infer, 'sdpa': sdpa_infer},
+               (native_infer(), sdpa_infer()), rounds)
+
+
 def optimiser(rounds, model):
     """Adam's step and the EMA update over ``model``'s light x2 parameters, with fixed random gradients;
     each form steps its own copy, so the results compared are the parameters after one step."""
@@ -229,23 +276,37 @@ def optimiser(rounds, model):
     report(f'EMA update, {model} light x2', {'foreach': foreach, 'loop': loop}, results, rounds)
 
 
+SECTIONS = ['bias-maps', 'factors', 'weight-grad', 'shifted-windows', 'attention', 'optimiser']
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=12)
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS, default=SECTIONS, help='default: all')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f'# torch {torch.__version__}, {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), '
           f'{torch.get_num_threads()} threads, fp32')
-    bias_maps(args.rounds)
-    shifted_factors(args.rounds)
-    for patch in (16, 64):
-        weight_grad(args.rounds, patch)
-    for patch in (16, 32, 64):
-        shifted_windows(args.rounds, patch)
-    for model in ('msrasr', 'swinir'):
-        optimiser(args.rounds, model)
-
+    sections = set(args.sections)
+    if 'bias-maps' in sections:
+        bias_maps(args.rounds)
+    if 'factors' in sections:
+        shifted_factors(args.rounds)
+    if 'weight-grad' in sections:
+        for patch in (16, 64):
+            weight_grad(args.rounds, patch)
+    if 'shifted-windows' in sections:
+        for patch in (16, 32, 64):
+            shifted_windows(args.rounds, patch)
+    if 'attention' in sections:
+        if native.library() is not None:
+            window_attention(args.rounds)
+        else:
+            print('window attention: the C++ kernel is not built here (no compiler, or MSRASR_NATIVE=0)')
+    if 'optimiser' in sections:
+        for model in ('msrasr', 'swinir'):
+            optimiser(args.rounds, model)
 
 if __name__ == '__main__':
     main()

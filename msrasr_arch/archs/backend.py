@@ -27,7 +27,8 @@ Head widths are padded with zero columns (no dot product changes) to :attr:`Back
   below), and it refuses head widths that are not a multiple of its GEMM alignment (8 for bf16/fp16);
   refused, SDPA falls back to the math path and builds every ``N x N`` map.
 
-CPU training also takes the depth-wise convs' gradients as two depth-wise convs (:mod:`.depthwise`).
+The depth-wise convs (the FFN's MS-DWC) run on the C++ kernel with the ``native`` backend, forward and
+backward; CPU training without it takes their gradients as two depth-wise convs (:mod:`.depthwise`).
 """
 from typing import NamedTuple, Optional
 
@@ -71,7 +72,11 @@ class Backend(NamedTuple):
     def under(self, layout) -> 'Backend':
         """The choice for a forward through ``layout`` (a :class:`~.window.WindowLayout`): the fallback where
         the layout says the forward is not eager."""
-        return self if layout.eager or self.fallback is None else self.fallback
+        return self.when(layout.eager)
+
+    def when(self, eager: bool) -> 'Backend':
+        """The choice for an eager forward, or the fallback for one captured or compiled."""
+        return self if eager or self.fallback is None else self.fallback
 
     def width(self, e: int) -> int:
         """The padded head width for a true width ``e``."""

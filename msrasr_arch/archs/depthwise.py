@@ -16,6 +16,8 @@ training step.
 import torch
 from torch.nn import functional as F
 
+from . import native
+
 
 class _DepthwiseConv(torch.autograd.Function):
     # Under CPU autocast the forward's conv runs in bf16 on fp32 x and weight; the backward's convs must
@@ -57,10 +59,39 @@ def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.
     return F.conv2d(images, kernel, padding=k // 2, groups=b * c).view(b, c, k, k).sum(0).unsqueeze(1)
 
 
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias, split_backward: bool) -> torch.Tensor:
+class _NativeDepthwiseConv(torch.autograd.Function):
+    """The C++ kernel's conv (:mod:`.native`): the input gradient is its conv with the flipped kernel, the
+    weight gradient its own pass; float32 in and out."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return native.depthwise_conv(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = native.depthwise_conv(grad, weight.flip(-2, -1))
+        if ctx.needs_input_grad[1]:
+            gw = native.depthwise_weight_grad(x, grad, weight.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias, split_backward: bool,
+                     kernel: bool = False) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding=k // 2, groups=C)`` for x (B, C, H, W) and an odd square kernel
-    ``weight`` (C, 1, k, k). ``split_backward``: compute the gradients as the two depth-wise convs above (the
-    CPU training choice, see :mod:`.backend`); otherwise autograd's own backward (cuDNN's on CUDA)."""
+    ``weight`` (C, 1, k, k). ``kernel``: the C++ kernel of :mod:`.native`, forward and backward (computed in
+    float32, returned in x's dtype; the CPU choice where it is built, see :mod:`.backend`).
+    ``split_backward``: compute the gradients as the two depth-wise convs above (the CPU training choice
+    without the kernel); otherwise autograd's own backward (cuDNN's on CUDA)."""
+    if kernel:
+        out = _NativeDepthwiseConv.apply(x.float(), weight.float(), None if bias is None else bias.float())
+        return out.to(x.dtype)
     if split_backward:
         return _DepthwiseConv.apply(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])

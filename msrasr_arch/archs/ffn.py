@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import native
 from .backend import REFERENCE, Backend
 from .depthwise import depthwise_conv2d
 
@@ -57,12 +58,18 @@ class MSDWConv(nn.Module):
         weight = sum(F.pad(b.weight, [(self.kernel_size - b.kernel_size[0]) // 2] * 4) for b in self.branches)
         return weight, sum(b.bias for b in self.branches)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, eager: bool = True) -> torch.Tensor:
+        """``eager``: no graph is being captured or compiled (the window layout's word), so the C++ kernel of
+        the ``native`` backend may run."""
+        backend = self.backend.when(eager)
+        kernel = backend.name == 'native' and native.depthwise_supports(self.kernel_size)
         if self.deployed:
-            return depthwise_conv2d(x, self.conv.weight, self.conv.bias, self.backend.split_dw_backward)
+            return depthwise_conv2d(x, self.conv.weight, self.conv.bias, backend.split_dw_backward, kernel)
         if self.training:
             weight, bias = self.merged()
-            return depthwise_conv2d(x, weight, bias, self.backend.split_dw_backward)
+            return depthwise_conv2d(x, weight, bias, backend.split_dw_backward, kernel)
+        if kernel:
+            return sum(depthwise_conv2d(x, b.weight, b.bias, False, kernel) for b in self.branches)
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)
@@ -101,9 +108,10 @@ class FFN(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, eager: bool = True) -> torch.Tensor:
         x = self.fc1(x)
         if self.msdwc is not None:
-            # The permuted view is channels-last in memory, which oneDNN/cuDNN convolve without a copy.
-            x = self.msdwc(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            # The permuted view is channels-last in memory, which oneDNN/cuDNN and the C++ kernel convolve
+            # without a copy.
+            x = self.msdwc(x.permute(0, 3, 1, 2), eager).permute(0, 2, 3, 1)
         return self.fc2(self.act(x))

@@ -83,7 +83,7 @@ class MSTBLayer(nn.Module):
         x = x + self.drop_path(y)
         if self.csa is not None:
             x = x + self.drop_path(self.csa(self.norm_csa(x)))
-        y = self.ffn(self.norm2(x))
+        y = self.ffn(self.norm2(x), layout.eager)
         if self.ca is not None:
             y = self.ca(y)
         return x + self.drop_path(y), state

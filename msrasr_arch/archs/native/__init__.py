@@ -1,4 +1,5 @@
-"""The window attention kernel in C++ (``window_attention.cpp``), built on first use with the machine's compiler.
+"""The CPU kernels in C++ (window attention, ``window_attention.cpp``; the depth-wise conv, ``depthwise.cpp``),
+built on first use with the machine's compiler into one library.
 
 Built once per source, compiler and CPU into a cache folder (``$MSRASR_CACHE``, else
 ``$XDG_CACHE_HOME/msrasr_arch``, else ``~/.cache/msrasr_arch``; written atomically, so concurrent
@@ -23,9 +24,9 @@ import torch
 
 from ...utils.atomic import atomic_path
 
-__all__ = ['library', 'forward', 'backward']
+__all__ = ['library', 'forward', 'backward', 'depthwise_conv', 'depthwise_weight_grad', 'depthwise_supports']
 
-_SOURCE = Path(__file__).with_name('window_attention.cpp')
+_SOURCES = [Path(__file__).with_name(name) for name in ('window_attention.cpp', 'depthwise.cpp')]
 _VERSION = 3
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
@@ -54,18 +55,19 @@ def _cache_folder() -> Path:
 
 
 def _build(compiler: str) -> Path:
-    source = _SOURCE.read_bytes()
+    sources = [source.read_bytes() for source in _SOURCES]
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b'\0'.join(
-        [source, ' '.join(_FLAGS).encode(), version.encode(), _cpu().encode(), sys.platform.encode()])).hexdigest()
-    target = _cache_folder() / f'window_attention-{key[:16]}.so'
+        [*sources, ' '.join(_FLAGS).encode(), version.encode(), _cpu().encode(), sys.platform.encode()])).hexdigest()
+    target = _cache_folder() / f'msrasr_kernels-{key[:16]}.so'
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(str(target)) as tmp:
-            done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), '-o', tmp], capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), '-o', tmp], capture_output=True,
+                                  text=True, timeout=300)
             if done.returncode:
-                raise RuntimeError(f'{compiler} failed on {_SOURCE.name}: {done.stderr.strip()[-500:]}')
+                names = ', '.join(source.name for source in _SOURCES)
+                raise RuntimeError(f'{compiler} failed on {names}: {done.stderr.strip()[-500:]}')
     return target
 
 
@@ -91,7 +93,17 @@ def library() -> Optional[ctypes.CDLL]:
     lib.msrasr_window_attention_forward.restype = None
     lib.msrasr_window_attention_backward.argtypes = [ptr] * 13 + [i32] + [i64] * 7 + [i32]
     lib.msrasr_window_attention_backward.restype = None
+    lib.msrasr_depthwise_forward.argtypes = [ptr] * 4 + [i64] * 5 + [i32]
+    lib.msrasr_depthwise_forward.restype = None
+    lib.msrasr_depthwise_weight_grad.argtypes = [ptr] * 3 + [i64] * 5 + [i32]
+    lib.msrasr_depthwise_weight_grad.restype = None
+    lib.msrasr_depthwise_supports.argtypes = [i64]
     return lib
+
+
+def depthwise_supports(k: int) -> bool:
+    """Whether the library has a depth-wise kernel for k x k (odd sizes up to 9)."""
+    return bool(library().msrasr_depthwise_supports(k))
 
 
 def _pointer(t: Optional[torch.Tensor], name: str, dtype=torch.float32, contiguous: bool = False):
@@ -156,3 +168,41 @@ def backward(q, k, v, out, dout, dq, dk, dv, bias, lse, dbias=None, add_dbias: b
         _pointer(bias, 'bias', contiguous=True), _pointer(tokens, 'tokens', torch.int64, contiguous=True),
         _pointer(lse, 'lse', contiguous=True), _pointer(dbias, 'dbias', contiguous=True), int(add_dbias),
         w, h, regions, size, n, e, c, torch.get_num_threads())
+
+
+def _channels_last(x: torch.Tensor, name: str) -> torch.Tensor:
+    """(B, C, H, W) -> its (B, H, W, C) memory, checked: a view of a channels-last tensor, else a copy."""
+    if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
+        raise ValueError(f'depth-wise kernel: {name} must be a 4-D float32 CPU tensor, got {x.dtype} '
+                         f'{tuple(x.shape)} on {x.device}')
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=k // 2, groups=C)`` for x (B, C, H, W) and weight (C, 1, k, k), k odd;
+    returned channels-last in memory, as the FFN reads it."""
+    b, c, h, w = x.shape
+    k = weight.shape[-1]
+    if weight.shape != (c, 1, k, k) or not depthwise_supports(k) or (bias is not None and bias.shape != (c, )):
+        raise ValueError(f'depth-wise kernel: weight {tuple(weight.shape)} and bias '
+                         f'{None if bias is None else tuple(bias.shape)} do not fit {c} channels')
+    xl = _channels_last(x, 'x')
+    taps = weight.detach().reshape(c, k * k).t().contiguous().float()
+    out = torch.empty_like(xl)
+    library().msrasr_depthwise_forward(xl.data_ptr(), taps.data_ptr(),
+                                       None if bias is None else bias.detach().float().contiguous().data_ptr(),
+                                       out.data_ptr(), b, h, w, c, k, torch.get_num_threads())
+    return out.permute(0, 3, 1, 2)
+
+
+def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+    """The (C, 1, k, k) weight gradient of :func:`depthwise_conv` of x given the output gradient ``grad``
+    (both (B, C, H, W))."""
+    b, c, h, w = x.shape
+    if grad.shape != x.shape:
+        raise ValueError(f'depth-wise kernel: grad {tuple(grad.shape)} where {tuple(x.shape)} belongs')
+    xl, gl = _channels_last(x, 'x'), _channels_last(grad, 'grad')
+    gw = xl.new_empty(k * k, c)
+    library().msrasr_depthwise_weight_grad(xl.data_ptr(), gl.data_ptr(), gw.data_ptr(), b, h, w, c, k,
+                                           torch.get_num_threads())
+    return gw.t().reshape(c, 1, k, k)

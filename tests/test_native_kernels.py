@@ -1,12 +1,15 @@
-"""The C++ window attention kernel (msrasr_arch/archs/native): built, equal to autograd through the
-materialised maps, and switched off cleanly where it cannot serve."""
+"""The C++ CPU kernels (msrasr_arch/archs/native): built, the window attention equal to autograd through the
+materialised maps and the depth-wise conv to PyTorch's, and switched off cleanly where they cannot serve."""
 import shutil
 import warnings
 
 import pytest
 import torch
 
+from torch.nn import functional as F
+
 from msrasr_arch.archs import MSRASR, native
+from msrasr_arch.archs.depthwise import depthwise_conv2d
 from msrasr_arch.archs.native_attention import native_attention
 from msrasr_arch.archs.window import WindowGroup, _mask, _split, whole_windows
 
@@ -134,7 +137,7 @@ def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch):
     networks then attend with PyTorch operators); nothing is left half-written in the cache."""
     bad = tmp_path / 'window_attention.cpp'
     bad.write_text('this is not C++\n')
-    monkeypatch.setattr(native, '_SOURCE', bad)
+    monkeypatch.setattr(native, '_SOURCES', [bad])
     monkeypatch.setenv('MSRASR_CACHE', str(tmp_path / 'cache'))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -151,6 +154,29 @@ def test_cache_reused(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert native._build(COMPILER) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+@needs_kernel
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('b, c, h, w, k', [(2, 120, 16, 16, 7), (1, 12, 5, 7, 3), (2, 10, 9, 6, 5), (1, 8, 2, 3, 7),
+                                           (1, 16, 4, 4, 1)])
+def test_depthwise_conv_matches_pytorch(b, c, h, w, k, threads, monkeypatch):
+    """Output and the gradients of x, weight and bias equal PyTorch's conv in float64 to float32 rounding:
+    channels not a multiple of a vector, widths not a multiple of the kernel's four pixels, images smaller
+    than the kernel, a 1x1 kernel; channels-last in and out, as the FFN runs it."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(b, h, w, c, generator=g).permute(0, 3, 1, 2).requires_grad_()
+    weight = torch.randn(c, 1, k, k, generator=g, requires_grad=True)
+    bias = torch.randn(c, generator=g, requires_grad=True)
+    grad = torch.randn(b, c, h, w, generator=g)
+    want = F.conv2d(x.double(), weight.double(), bias.double(), padding=k // 2, groups=c)
+    want_grads = torch.autograd.grad(want, (x, weight, bias), grad.double())
+    got = depthwise_conv2d(x, weight, bias, split_backward=False, kernel=True)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    got_grads = torch.autograd.grad(got, (x, weight, bias), grad)
+    for a, ref in zip((got, *got_grads), (want, *want_grads)):
+        assert a.shape == ref.shape and (a.double() - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
 
 
 def test_float64_network_keeps_operators():
