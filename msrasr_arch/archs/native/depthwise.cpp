@@ -1,7 +1,7 @@
 // Depth-wise k x k convolution ('same' zero padding, stride 1) over channels-last images, and its weight
 // gradient: the FFN's MS-DWC. Vectorised over channels (GCC vector extensions, 8 floats); the input
-// gradient is the forward with the flipped kernel. oneDNN's depth-wise calls on these small maps took
-// about a millisecond a layer per pass at LR patch 16 on 2 cores, mostly fixed costs.
+// gradient is the forward with the flipped kernel. oneDNN's depth-wise calls on these small maps cost
+// about 0.6 ms each at LR patch 16 on 2 cores, mostly fixed cost, three a layer (docs/speed.md).
 //
 // x, out, grad (B, H, W, C) contiguous; weights (k, k, C), tap-major, so that a tap's channels are a vector.
 // Built with window_attention.cpp into one library (see __init__.py).

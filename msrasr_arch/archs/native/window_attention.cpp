@@ -194,8 +194,8 @@ struct Part {
 
 // A window of a token-major tensor (each token's heads side by side: the network's qkv, v and proj input)
 // copied head by head into a thread's buffer in one pass over its rows. A block (one head) reading the
-// tensor in place would take a few floats of every row, scattered over the window, and did: the kernel took
-// 1.5x its time on contiguous blocks. Head-major tensors are used in place.
+// tensor in place takes a few floats of every row, scattered over the window, and ran markedly slower than
+// on contiguous blocks. Head-major tensors are used in place.
 struct Staged {
     View src;
     int64_t heads, n, width;
