@@ -4,7 +4,7 @@ built on first use with the machine's compiler into one library.
 Built once per source, compiler and CPU into a cache folder (``$MSRASR_CACHE``, else
 ``$XDG_CACHE_HOME/msrasr_arch``, else ``~/.cache/msrasr_arch``; written atomically, so concurrent
 processes may build it at the same time) and loaded through ``ctypes``: no PyTorch headers, so the build
-takes about a second rather than a C++ extension's minute. Where there is no compiler, the build fails or
+takes a second or two rather than a C++ extension's minute. Where there is no compiler, the build fails or
 ``MSRASR_NATIVE=0`` is set, :func:`library` returns None and the networks attend with PyTorch operators
 (see :mod:`..backend`).
 """
