@@ -68,8 +68,8 @@ inline v8 vexp(v8 x) {
 // Keep x in a register: left alone, GCC folds B's loads into every FMA that uses them (MR times per row of
 // B), and the tile runs at the load ports' pace, 12 loads for 8 FMAs, instead of the FMA units'.
 inline void pin(v8& x) {
-#if defined(__x86_64__) || defined(__i386__)
-    asm("" : "+x"(x));
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)
+    asm("" : "+x"(x));  // one 256-bit register: only where AVX provides them
 #else
     (void)x;
 #endif
