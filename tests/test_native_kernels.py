@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-
 from torch.nn import functional as F
 
 from msrasr_arch.archs import MSRASR, native
