@@ -68,11 +68,10 @@ class MSDWConv(nn.Module):
         if self.training:
             weight, bias = self.merged()
             return depthwise_conv2d(x, weight, bias, backend.split_dw_backward, kernel)
-        if kernel:
-            return sum(depthwise_conv2d(x, b.weight, b.bias, False, kernel) for b in self.branches)
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
+        out = None
+        for branch in self.branches:
+            y = depthwise_conv2d(x, branch.weight, branch.bias, False, kernel)
+            out = y if out is None else out + y
         return out
 
     @torch.no_grad()

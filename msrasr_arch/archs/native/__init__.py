@@ -101,6 +101,7 @@ def library() -> Optional[ctypes.CDLL]:
     return lib
 
 
+@functools.lru_cache(maxsize=None)
 def depthwise_supports(k: int) -> bool:
     """Whether the library has a depth-wise kernel for k x k (odd sizes up to 9)."""
     return bool(library().msrasr_depthwise_supports(k))
@@ -188,9 +189,10 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                          f'{None if bias is None else tuple(bias.shape)} do not fit {c} channels')
     xl = _channels_last(x, 'x')
     taps = weight.detach().reshape(c, k * k).t().contiguous().float()
+    # Held by a name through the call: a converted bias would otherwise be freed once its pointer is taken.
+    bias = None if bias is None else bias.detach().float().contiguous()
     out = torch.empty_like(xl)
-    library().msrasr_depthwise_forward(xl.data_ptr(), taps.data_ptr(),
-                                       None if bias is None else bias.detach().float().contiguous().data_ptr(),
+    library().msrasr_depthwise_forward(xl.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(),
                                        out.data_ptr(), b, h, w, c, k, torch.get_num_threads())
     return out.permute(0, 3, 1, 2)
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -23,7 +24,6 @@ struct Image {
     int64_t b, h, w, c, k;
     int64_t p() const { return k / 2; }
     int64_t cp() const { return (c + 7) / 8 * 8; }  // channels padded to whole vectors in the buffers
-    int64_t hp() const { return h + 2 * p(); }
     int64_t wp() const { return w + 2 * p(); }
 };
 
@@ -143,12 +143,26 @@ void weight_grad_rows(const Image& d, const float* x, const float* grad, float* 
     }
 }
 
+// Calls fn(std::integral_constant<int, k>) for a kernel size with compiled row kernels (the MS-DWC's odd
+// sizes up to 9); returns false, calling nothing, for any other: the one list of supported sizes.
+template <typename Fn>
+bool with_kernel_size(int64_t k, Fn&& fn) {
+    switch (k) {
+        case 1: fn(std::integral_constant<int, 1>{}); return true;
+        case 3: fn(std::integral_constant<int, 3>{}); return true;
+        case 5: fn(std::integral_constant<int, 5>{}); return true;
+        case 7: fn(std::integral_constant<int, 7>{}); return true;
+        case 9: fn(std::integral_constant<int, 9>{}); return true;
+        default: return false;
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
-// Kernel sizes with a compiled row kernel (the MS-DWC's); the loader refuses others.
-int msrasr_depthwise_supports(int64_t k) { return k == 1 || k == 3 || k == 5 || k == 7 || k == 9; }
+// Whether k x k has compiled row kernels; the Python side convolves nothing else here.
+int msrasr_depthwise_supports(int64_t k) { return with_kernel_size(k, [](auto) {}); }
 
 // out = bias + sum over taps of x shifted times the tap's weights (bias may be null).
 void msrasr_depthwise_forward(const float* x, const float* weight, const float* bias, float* out, int64_t b,
@@ -159,14 +173,7 @@ void msrasr_depthwise_forward(const float* x, const float* weight, const float* 
     if (bias) std::memcpy(bp.data(), bias, c * sizeof(float));
 #pragma omp parallel num_threads(threads)
     {
-        switch (k) {
-            case 1: forward_rows<1>(d, x, wp.data(), bp.data(), out); break;
-            case 3: forward_rows<3>(d, x, wp.data(), bp.data(), out); break;
-            case 5: forward_rows<5>(d, x, wp.data(), bp.data(), out); break;
-            case 7: forward_rows<7>(d, x, wp.data(), bp.data(), out); break;
-            case 9: forward_rows<9>(d, x, wp.data(), bp.data(), out); break;
-            default: break;
-        }
+        with_kernel_size(k, [&](auto size) { forward_rows<decltype(size)::value>(d, x, wp.data(), bp.data(), out); });
     }
 }
 
@@ -182,14 +189,7 @@ void msrasr_depthwise_weight_grad(const float* x, const float* grad, float* gw, 
         partial.assign(omp_get_num_threads(), std::vector<float>());
         std::vector<float>& acc = partial[omp_get_thread_num()];
         acc.assign(taps * cp, 0.0f);
-        switch (k) {
-            case 1: weight_grad_rows<1>(d, x, grad, acc.data()); break;
-            case 3: weight_grad_rows<3>(d, x, grad, acc.data()); break;
-            case 5: weight_grad_rows<5>(d, x, grad, acc.data()); break;
-            case 7: weight_grad_rows<7>(d, x, grad, acc.data()); break;
-            case 9: weight_grad_rows<9>(d, x, grad, acc.data()); break;
-            default: break;
-        }
+        with_kernel_size(k, [&](auto size) { weight_grad_rows<decltype(size)::value>(d, x, grad, acc.data()); });
     }
     for (int64_t t = 0; t < taps; ++t)
         for (int64_t ch = 0; ch < c; ++ch) {

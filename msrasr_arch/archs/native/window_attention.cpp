@@ -186,7 +186,7 @@ struct View {
 };
 
 struct Part {
-    int64_t windows, heads, regions, n;
+    int64_t heads, regions, n;
     const int64_t* tokens;  // regions * size, or null: one region of all n tokens in order
     const float* bias;      // (heads, n, n)
     int64_t token(int64_t region, int64_t size, int64_t i) const { return tokens ? tokens[region * size + i] : i; }
@@ -276,20 +276,21 @@ struct Work {
     void load(const Shape& d, const Part& part, const View& k, const View& v, int64_t w, int64_t h,
               int64_t region, bool backward) {
         for (int64_t j = 0; j < d.s; ++j) tok[j] = part.token(region, d.s, j);
-        for (int64_t x = 0; x < d.e; ++x) std::fill(kt.begin() + x * d.ld() + d.s, kt.begin() + (x + 1) * d.ld(), 0.0f);
-        for (int64_t j = 0; j < d.s; ++j) {
-            const float* kj = k.row(w, h, tok[j]);
-            for (int64_t x = 0; x < d.e; ++x) kt[x * d.ld() + j] = kj[x];
-        }
+        transpose_from(d, k, w, h, d.e, kt.data());
         if (backward) {
             pad_rows_from(k, w, h, d.e, kp.data(), d.ep);
-            for (int64_t x = 0; x < d.c; ++x) std::fill(vt.begin() + x * d.ld() + d.s, vt.begin() + (x + 1) * d.ld(), 0.0f);
-            for (int64_t j = 0; j < d.s; ++j) {
-                const float* vj = v.row(w, h, tok[j]);
-                for (int64_t x = 0; x < d.c; ++x) vt[x * d.ld() + j] = vj[x];
-            }
+            transpose_from(d, v, w, h, d.c, vt.data());
         } else {
             pad_rows_from(v, w, h, d.c, vp.data(), d.cp);
+        }
+    }
+
+    // The block's rows of x (W, H, N, width) transposed to (width, ld), zero past the block's tokens.
+    void transpose_from(const Shape& d, const View& x, int64_t w, int64_t h, int64_t width, float* dst) const {
+        for (int64_t i = 0; i < width; ++i) std::fill(dst + i * d.ld() + d.s, dst + (i + 1) * d.ld(), 0.0f);
+        for (int64_t j = 0; j < d.s; ++j) {
+            const float* xj = x.row(w, h, tok[j]);
+            for (int64_t i = 0; i < width; ++i) dst[i * d.ld() + j] = xj[i];
         }
     }
 
@@ -408,7 +409,7 @@ void msrasr_window_attention_forward(const float* q, const float* k, const float
                                      int64_t windows, int64_t heads, int64_t regions, int64_t size, int64_t n,
                                      int64_t e, int64_t c, int threads) {
     const Shape d(size, e, c);
-    const Part part{windows, heads, regions, n, tokens, bias};
+    const Part part{heads, regions, n, tokens, bias};
     const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6), ov = view(out, strides + 9);
     const int64_t hr = heads * regions, m = windows * hr;
 #pragma omp parallel num_threads(threads)
@@ -437,7 +438,7 @@ void msrasr_window_attention_backward(const float* q, const float* k, const floa
                                       int add_dbias, int64_t windows, int64_t heads, int64_t regions, int64_t size,
                                       int64_t n, int64_t e, int64_t c, int threads) {
     const Shape d(size, e, c);
-    const Part part{windows, heads, regions, n, tokens, bias};
+    const Part part{heads, regions, n, tokens, bias};
     const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6),
                ov = view(out, strides + 9), dov = view(dout, strides + 12), dqv = view(dq, strides + 15),
                dkv = view(dk, strides + 18), dvv = view(dv, strides + 21);
