@@ -178,6 +178,43 @@ def test_depthwise_conv_matches_pytorch(b, c, h, w, k, threads, monkeypatch):
         assert a.shape == ref.shape and (a.double() - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
 
 
+@needs_kernel
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('size, e, n, extra', [(3, 10, 256, 0), (3, 7, 37, 3), (5, 4, 9, 0), (1, 6, 5, 2), (5, 3, 2, 1)])
+def test_shared_map_factors_match_the_operators(size, e, n, extra, threads, monkeypatch):
+    """Q', K' and the gradients of q, k and the F kernel equal the plain operators' in float64 to float32
+    rounding: q and k token-major views of one qkv tensor (as a computing layer hands them on), kernels of 1,
+    3 and 5 taps, windows shorter than the kernel, zero channels past the blocks; a window's heads split
+    between three threads."""
+    from msrasr_arch.archs.shared_attention import _factors, _shifted_factors
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(3, n, 3, 4, e, generator=g, requires_grad=True)
+    w = torch.randn(4, size, size, generator=g, requires_grad=True)
+    width = size * e + extra
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    grads = [torch.randn(3, 4, n, width, generator=g) for _ in range(2)]
+    want = _factors(q.double(), k.double(), w.double(), width)
+    want_grads = torch.autograd.grad(want, (qkv, w), [t.double() for t in grads])
+    got = _shifted_factors(q, k, w, width, kernel=True)
+    assert all(t.is_contiguous() for t in got)
+    got_grads = torch.autograd.grad(got, (qkv, w), grads)
+    for a, ref in zip((*got, *got_grads), (*want, *want_grads)):
+        assert a.shape == ref.shape and (a.double() - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    # Only what autograd asks for is computed: k's and the kernel's gradients without q's.
+    dq, dk, dtaps = native.factors_backward(k, w.detach(), *grads, needs=(False, True, True))
+    assert dq is None and torch.allclose(dk, want_grads[0][:, :, 1].transpose(1, 2).float(), atol=1e-5)
+
+
+@needs_kernel
+def test_shared_map_factor_errors():
+    q = torch.randn(2, 3, 8, 5)
+    with pytest.raises(ValueError, match='q .* do not agree'):
+        native.factors(q, q, torch.randn(3, 3, 3), 14)  # width below 3 blocks of 5
+    with pytest.raises(ValueError, match='float32 CPU tensor'):
+        native.factors(q.double(), q.double(), torch.randn(3, 3, 3), 15)
+
+
 def test_float64_network_keeps_operators():
     """The kernel computes in float32, so a float64 network attends with PyTorch's operators in float64:
     its eval forward equals the reference to float64 rounding."""

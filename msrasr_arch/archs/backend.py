@@ -65,6 +65,11 @@ class Backend(NamedTuple):
         return self.name == 'reference'
 
     @property
+    def native(self) -> bool:
+        """The C++ kernels of :mod:`.native` run (attention, depth-wise convs, Q' and K', bias maps)."""
+        return self.name == 'native'
+
+    @property
     def operators(self) -> 'Backend':
         """This choice in PyTorch operators only (itself unless it is ``native``)."""
         return self.fallback or self

@@ -62,7 +62,7 @@ class MSDWConv(nn.Module):
         """``eager``: no graph is being captured or compiled (the window layout's word), so the C++ kernel of
         the ``native`` backend may run."""
         backend = self.backend.when(eager)
-        kernel = backend.name == 'native' and native.depthwise_supports(self.kernel_size)
+        kernel = backend.native and native.depthwise_supports(self.kernel_size)
         if self.deployed:
             return depthwise_conv2d(x, self.conv.weight, self.conv.bias, backend.split_dw_backward, kernel)
         if self.training:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import native
 from .backend import REFERENCE, Backend, attend
 from .bias_maps import gather_map, map_index, transform_keys, transform_values
 from .swin_blocks import trunc_normal_
@@ -164,7 +165,23 @@ class _ShiftedFactors(torch.autograd.Function):
         return dq, dk, dw, None
 
 
-def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, plain: bool = False):
+class _NativeFactors(torch.autograd.Function):
+    """:func:`_factors` by the C++ kernel of :mod:`.native` (float32), forward and backward: a pass over q and k
+    each way, where the operators above cost a dozen calls a layer."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, width):
+        ctx.save_for_backward(k, w)
+        return native.factors(q, k, w, width)
+
+    @staticmethod
+    def backward(ctx, dq_out, dk_out):
+        k, w = ctx.saved_tensors
+        return (*native.factors_backward(k, w, dq_out, dk_out, ctx.needs_input_grad[:3]), None)
+
+
+def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: int, plain: bool = False,
+                     kernel: bool = False):
     """Q' and K' of architecture.md section 8, each ``(bw, h, N, width)``.
 
     ``q`` (scaled), ``k``: (bw, h, N, e). ``w``: (h, 2r+1, 2r+1), the F kernel.
@@ -180,7 +197,10 @@ def _shifted_factors(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, width: i
     number): Q' is one concatenation of row-shifted views of the padded q; K' is accumulated over whole
     contiguous rows of the padded k (``e``-float blocks one by one do not vectorise), block by block, and
     laid out by the same concatenation. Both give the same values.
+    ``kernel``: by the C++ kernel of :mod:`.native` (the ``native`` backend's choice; float32 out).
     """
+    if kernel:
+        return _NativeFactors.apply(q.float(), k.float(), w.float(), width)
     return _factors(q, k, w, width) if plain else _ShiftedFactors.apply(q, k, w, width)
 
 
@@ -311,6 +331,6 @@ class SharedWindowAttention(nn.Module):
         size = conv.kernel_size[0]
         wide = size * e
         w = conv.weight.view(h, size, size).to(shared.k.dtype)
-        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), captured)
+        q, k = _shifted_factors(shared.q, shared.k, w, backend.width(wide), captured, backend.native)
         state = SharedLogits(q=q[..., :wide], k=k[..., :wide], bias=bias.to(shared.bias.dtype), values=values)
         return state, q, k

@@ -1,5 +1,5 @@
-"""The CPU kernels in C++ (window attention, ``window_attention.cpp``; the depth-wise conv, ``depthwise.cpp``),
-built on first use with the machine's compiler into one library.
+"""The CPU kernels in C++ (window attention, ``window_attention.cpp``; the depth-wise conv, ``depthwise.cpp``; an
+inheriting layer's Q' and K', ``factors.cpp``), built on first use with the machine's compiler into one library.
 
 Built once per source, compiler and CPU into a cache folder (``$MSRASR_CACHE``, else
 ``$XDG_CACHE_HOME/msrasr_arch``, else ``~/.cache/msrasr_arch``; written atomically, so concurrent
@@ -24,10 +24,11 @@ import torch
 
 from ...utils.atomic import atomic_path
 
-__all__ = ['library', 'forward', 'backward', 'depthwise_conv', 'depthwise_weight_grad', 'depthwise_supports']
+__all__ = ['library', 'forward', 'backward', 'depthwise_conv', 'depthwise_weight_grad', 'depthwise_supports', 'factors',
+           'factors_backward']
 
-_SOURCES = [Path(__file__).with_name(name) for name in ('window_attention.cpp', 'depthwise.cpp')]
-_VERSION = 3
+_SOURCES = [Path(__file__).with_name(name) for name in ('window_attention.cpp', 'depthwise.cpp', 'factors.cpp')]
+_VERSION = 4
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-std=c++17', '-shared', '-fPIC']
@@ -98,6 +99,10 @@ def library() -> Optional[ctypes.CDLL]:
     lib.msrasr_depthwise_weight_grad.argtypes = [ptr] * 3 + [i64] * 5 + [i32]
     lib.msrasr_depthwise_weight_grad.restype = None
     lib.msrasr_depthwise_supports.argtypes = [i64]
+    lib.msrasr_factors_forward.argtypes = [ptr] * 6 + [i64] * 6 + [i32]
+    lib.msrasr_factors_forward.restype = None
+    lib.msrasr_factors_backward.argtypes = [ptr] * 8 + [i64] * 6 + [i32]
+    lib.msrasr_factors_backward.restype = None
     return lib
 
 
@@ -208,3 +213,47 @@ def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.
     library().msrasr_depthwise_weight_grad(xl.data_ptr(), gl.data_ptr(), gw.data_ptr(), b, h, w, c, k,
                                            torch.get_num_threads())
     return gw.t().reshape(c, 1, k, k)
+
+
+def _float32(t: torch.Tensor, name: str, what: str, dims: int) -> None:
+    if t.dtype != torch.float32 or t.device.type != 'cpu' or t.dim() != dims:
+        raise ValueError(f'{what} kernel: {name} must be a {dims}-D float32 CPU tensor, got {t.dtype} '
+                         f'{tuple(t.shape)} on {t.device}')
+
+
+def factors(q: torch.Tensor, k: torch.Tensor, taps: torch.Tensor, width: int):
+    """Q' and K' (W, H, N, width), contiguous, of q and k (W, H, N, E; any strides with E contiguous) for the
+    F kernel ``taps`` (H, s, s): see ``factors.cpp`` and :func:`~..shared_attention._shifted_factors`."""
+    w, h, n, e = q.shape
+    size = taps.shape[-1]
+    for t, name in ((q, 'q'), (k, 'k')):
+        _float32(t, name, 'shared-map factor', 4)
+    if k.shape != q.shape or taps.shape != (h, size, size) or size % 2 == 0 or width < size * e or (
+            q.stride(-1) != 1 or k.stride(-1) != 1):
+        raise ValueError(f'shared-map factor kernel: q {tuple(q.shape)}, k {tuple(k.shape)}, taps '
+                         f'{tuple(taps.shape)} and width {width} do not agree')
+    taps = taps.detach().float().contiguous()
+    qf, kf = (q.new_empty(w, h, n, width) for _ in range(2))
+    library().msrasr_factors_forward(q.data_ptr(), k.data_ptr(), _strides(q, k), taps.data_ptr(), qf.data_ptr(),
+                                     kf.data_ptr(), w, h, n, e, size, width, torch.get_num_threads())
+    return qf, kf
+
+
+def factors_backward(k: torch.Tensor, taps: torch.Tensor, dqf: torch.Tensor, dkf: torch.Tensor,
+                     needs=(True, True, True)):
+    """The gradients (dq, dk, dtaps) of :func:`factors` from those of Q' and K' (None where ``needs`` says so)."""
+    w, h, n, e = k.shape
+    size, width = taps.shape[-1], dqf.shape[-1]
+    if dqf.shape != (w, h, n, width) or dkf.shape != dqf.shape:
+        raise ValueError(f'shared-map factor kernel: gradients {tuple(dqf.shape)}, {tuple(dkf.shape)} where '
+                         f'{(w, h, n, width)} belongs')
+    dqf, dkf = dqf.float().contiguous(), dkf.float().contiguous()
+    taps = taps.detach().float().contiguous()
+    dq, dk = (k.new_empty(w, h, n, e, dtype=torch.float32) if need else None for need in needs[:2])
+    dtaps = taps.new_empty(h, size, size) if needs[2] else None
+    library().msrasr_factors_backward(
+        k.data_ptr(), _strides(k), taps.data_ptr(), dqf.data_ptr(), dkf.data_ptr(),
+        *(None if t is None else t.data_ptr() for t in (dq, dk, dtaps)), w, h, n, e, size, width,
+        torch.get_num_threads())
+    return dq, dk, dtaps
+

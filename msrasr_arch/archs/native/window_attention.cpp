@@ -400,7 +400,7 @@ View view(const float* p, const int64_t* strides) { return View{p, strides[0], s
 extern "C" {
 
 // The library's interface version; the loader refuses a library that reports another.
-int msrasr_window_attention_version() { return 3; }
+int msrasr_window_attention_version() { return 4; }
 
 // out = softmax(q k^T + bias) v within each region of each window and head; lse written when not null.
 // strides: (window, head, token) of q, k, v, out in turn.
