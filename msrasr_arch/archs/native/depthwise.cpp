@@ -97,8 +97,9 @@ void forward_row(const Image& d, const Ring& ring, int64_t y, const float* wp, c
     }
 }
 
-// One row's share of the weight gradient: acc[a][b] += sum over the row's pixels of x[a][x0 + b] * g[x0];
-// for a tap row, the K sums stay in registers while the pixels go by.
+// One row's share of the weight gradient: acc[a][b] += sum over the row's pixels of x[a][x0 + b] * g[x0]. For a
+// tap row, the K sums and the K input vectors under the taps stay in registers while the pixels go by: one
+// new input vector per pixel.
 template <int K>
 void weight_grad_row(const Image& d, const Ring& ring, int64_t y, const float* g, float* acc) {
     const int64_t cp = d.cp();
@@ -106,9 +107,13 @@ void weight_grad_row(const Image& d, const Ring& ring, int64_t y, const float* g
         const float* xr = ring.row(y + a);
         for (int64_t v = 0; v < cp; v += 8) {
             v8 s[K] = {};
+            v8 in[K];
+            for (int b = 0; b + 1 < K; ++b) in[b] = load(xr + b * cp + v);
             for (int64_t x0 = 0; x0 < d.w; ++x0) {
+                in[K - 1] = load(xr + (x0 + K - 1) * cp + v);
                 const v8 gv = load(g + x0 * cp + v);
-                for (int b = 0; b < K; ++b) s[b] += load(xr + (x0 + b) * cp + v) * gv;
+                for (int b = 0; b < K; ++b) s[b] += in[b] * gv;
+                for (int b = 0; b + 1 < K; ++b) in[b] = in[b + 1];
             }
             for (int b = 0; b < K; ++b) store(acc + (a * K + b) * cp + v, load(acc + (a * K + b) * cp + v) + s[b]);
         }
