@@ -15,6 +15,8 @@ interleaved rounds, median milliseconds of forward + backward.
   unfolds and one matmul (current) against the plain operators that graph capture records (which inference
   ran before). Forward + backward (training): current against the previous form: each ``K'`` block a sum of
   products started from 0, stacked, transposed and padded in three copies, all gradients through autograd.
+  Where the C++ kernels are built, also the ``native`` backend's factors (``factors.cpp``) against these
+  operators at width 30, for the 4 windows of LR patch 16 and the 64 of patch 64.
 * ``depth-wise weight gradient``: 7x7 over a channels-last (4, 120, P, P) map, the FFN's, with the batch
   folded into the channels image-major (current) against channel-major after padding (previous).
 * ``shifted windows``: the CPU training attention of one shifted layer (window 16, 6 heads of width 16,
@@ -139,6 +141,26 @@ def shifted_factors(rounds):
         'current': lambda: train(_shifted_factors),
         'previous': lambda: train(_previous_factors)
     }, (train(_shifted_factors), train(_previous_factors)), rounds)
+
+
+def native_factors(rounds):
+    """Q' and K' by the C++ kernel against the operators (``_ShiftedFactors``), at the native backend's width
+    (30: no padding), for the windows of a batch of 4 LR patches of 16x16 (4 windows) and 64x64 (64)."""
+    torch.manual_seed(0)
+    h, n, e, width = 6, 256, 10, 30
+    for bw, patch in ((4, 16), (64, 64)):
+        qkv = torch.randn(bw, n, 3, h, e, requires_grad=True)
+        w = (torch.randn(h, 3, 3) * 0.1).requires_grad_()
+        grads = (torch.randn(bw, h, n, width), torch.randn(bw, h, n, width))
+
+        def train(kernel):
+            q, k = qkv[:, :, :2].permute(2, 0, 3, 1, 4).unbind(0)
+            return torch.autograd.grad(_shifted_factors(q, k, w, width, kernel=kernel), (qkv, w), grads)
+
+        report(f"Q' and K' at LR patch {patch}, forward + backward (training)", {
+            'native': lambda: train(True),
+            'operators': lambda: train(False)
+        }, (train(True), train(False)), rounds)
 
 
 def weight_grad(rounds, patch):
@@ -293,6 +315,8 @@ def main():
         bias_maps(args.rounds)
     if 'factors' in sections:
         shifted_factors(args.rounds)
+        if native.library() is not None:
+            native_factors(args.rounds)
     if 'weight-grad' in sections:
         for patch in (16, 64):
             weight_grad(args.rounds, patch)
