@@ -66,7 +66,7 @@ class Backend(NamedTuple):
 
     @property
     def native(self) -> bool:
-        """The C++ kernels of :mod:`.native` run (attention, depth-wise convs, Q' and K', bias maps)."""
+        """The C++ kernels of :mod:`.native` run (attention, depth-wise convs, Q' and K')."""
         return self.name == 'native'
 
     @property

@@ -256,4 +256,3 @@ def factors_backward(k: torch.Tensor, taps: torch.Tensor, dqf: torch.Tensor, dkf
         *(None if t is None else t.data_ptr() for t in (dq, dk, dtaps)), w, h, n, e, size, width,
         torch.get_num_threads())
     return dq, dk, dtaps
-

@@ -56,7 +56,7 @@ struct Padded {
     std::vector<float> buf;
     Padded(int64_t n_, int64_t e_, int64_t r_) : n(n_), e(e_), r(r_), buf((n_ + 2 * r_) * e_, 0.0f) {}
     float* rows() { return buf.data() + r * e; }  // row 0 of the block
-    // Row t of the block is src[t * stride + offset .. + e).
+    // Row t of the block from src[t * stride .. + e).
     void fill(const float* src, int64_t stride) {
         for (int64_t t = 0; t < n; ++t) std::memcpy(rows() + t * e, src + t * stride, e * sizeof(float));
     }
