@@ -8,9 +8,10 @@ import torch
 from torch.nn import functional as F
 
 from msrasr_arch.archs import MSRASR, native
+from msrasr_arch.archs.bias_maps import gather_map
 from msrasr_arch.archs.depthwise import depthwise_conv2d
 from msrasr_arch.archs.native_attention import native_attention
-from msrasr_arch.archs.window import WindowGroup, _mask, _split, whole_windows
+from msrasr_arch.archs.window import WindowGroup, _mask, _split, relative_position_index, whole_windows
 
 COMPILER = native._compiler()
 
@@ -83,6 +84,30 @@ def test_matches_autograd_at_window_size(n):
 
 
 @needs_kernel
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('ws, shift', [(3, 1), (16, 8)])
+def test_position_table_matches_the_gathered_map(ws, shift, threads, monkeypatch):
+    """Read from a relative-position table (a computing layer's), the bias is the map SwinIR's index gathers
+    from it: output and the gradients of q, k, v and the table equal the same kernel's with that map
+    gathered by autograd, for whole windows and for the corner windows' regions (the table's gradient summed
+    over the regions' blocks). Three threads split a head's regions between them."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
+    g = torch.Generator().manual_seed(6)
+    n, h = ws * ws, 3
+    q, k, v = (torch.randn(5, h, n, 10, generator=g).requires_grad_() for _ in range(3))
+    table = torch.randn((2 * ws - 1)**2, h, generator=g, requires_grad=True)
+    grad = torch.randn(5, h, n, 10, generator=g)
+    groups = (whole_windows(3, n), WindowGroup(3, 2, *_split(ws, shift, True, True, torch.device('cpu'))))
+    index = relative_position_index(ws)
+    via_map = native_attention(q, k, v, gather_map(table, index).unsqueeze(0), groups)
+    want = (via_map, *torch.autograd.grad(via_map, (q, k, v, table), grad))
+    got = native_attention(q, k, v, table, groups)
+    got = (got, *torch.autograd.grad(got, (q, k, v, table), grad))
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+@needs_kernel
 def test_inference_and_bf16():
     """Without gradients nothing is kept for a backward and the result is the same; bf16 inputs (autocast)
     are computed in float32 and returned as bf16."""
@@ -109,6 +134,10 @@ def test_shape_and_layout_errors():
         native.forward(q, q.transpose(2, 3).contiguous().transpose(2, 3), v, out, bias)
     with pytest.raises(ValueError, match='float32'):
         native.forward(q, q.double(), v, out, bias)
+    with pytest.raises(ValueError, match='do not agree'):
+        native.forward(q, q, v, out, torch.zeros(24, 3))  # a 3x3 window's table has 25 rows
+    with pytest.raises(ValueError, match='square windows'):
+        native.forward(*(torch.zeros(2, 3, 8, 4) for _ in range(4)), torch.zeros(25, 3))
 
 
 @needs_kernel

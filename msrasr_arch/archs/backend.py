@@ -127,7 +127,8 @@ def sdpa(backend: Backend, q, k, v, attn_mask: Optional[torch.Tensor] = None, sc
 def attend(backend: Backend, q, k, v, bias, layout, d: int) -> torch.Tensor:
     """Softmax attention of ``q`` (scaled), ``k`` (bw, h, N, e) and ``v`` (bw, h, N, ev >= d) with the additive
     ``bias`` (h, N, N) and the window layout's masks: the first ``d`` channels of each head's output, token-major
-    ``(bw, N, h * d)``, the layout ``proj`` reads."""
+    ``(bw, N, h * d)``, the layout ``proj`` reads. The ``native`` backend also takes, as ``bias``, the (M, h)
+    relative-position table the map is read from (see :func:`~.native_attention.native_attention`)."""
     bw, h, n, _ = q.shape
     if backend.name in ('chunked', 'native'):
         attention = chunked_attention if backend.name == 'chunked' else native_attention
@@ -154,7 +155,8 @@ def attend(backend: Backend, q, k, v, bias, layout, d: int) -> torch.Tensor:
     if backend.name in ('chunked', 'native'):
         # All groups in one call: slicing q, k and v per group would cost each group a zero-filled
         # full-size gradient in the backward.
-        return kernel(q, k, v, bias.unsqueeze(0), groups).transpose(1, 2).reshape(bw, n, h * d)
+        bias = bias.unsqueeze(0) if bias.dim() == 3 else bias
+        return kernel(q, k, v, bias, groups).transpose(1, 2).reshape(bw, n, h * d)
     outs = []
     for group in groups:
         parts = []

@@ -30,7 +30,7 @@ class _NativeAttention(torch.autograd.Function):
         for group, part in _parts(groups):
             s = group.windows
             lses.append(q.new_empty(group.count * h * part.regions, part.size))
-            native.forward(q[s], k[s], v[s], out[s], bias[0], lses[-1], part.tokens, part.regions)
+            native.forward(q[s], k[s], v[s], out[s], _kernel_bias(bias), lses[-1], part.tokens, part.regions)
         ctx.groups = groups
         ctx.save_for_backward(q, k, v, bias, out, *lses)
         return out
@@ -45,22 +45,30 @@ class _NativeAttention(torch.autograd.Function):
         dq, dk = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k))
         dv = _token_major(b, h, n, v.shape[-1], v)
         # The kernel writes a first part of whole windows' bias gradient over the map (no zeroing pass);
-        # region parts add to it.
+        # region parts add to it, as every part does to a table's.
         dbias = None
         if ctx.needs_input_grad[3]:
-            dbias = torch.empty_like(bias) if parts[0][1].tokens is None else torch.zeros_like(bias)
+            written = parts[0][1].tokens is None and bias.dim() == 4
+            dbias = torch.empty_like(bias) if written else torch.zeros_like(bias)
         for i, (group, part) in enumerate(parts):
             s = group.windows
-            native.backward(q[s], k[s], v[s], out[s], dout[s], dq[s], dk[s], dv[s], bias[0], lses[i],
-                            None if dbias is None else dbias[0], add_dbias=i > 0, tokens=part.tokens,
+            native.backward(q[s], k[s], v[s], out[s], dout[s], dq[s], dk[s], dv[s], _kernel_bias(bias), lses[i],
+                            None if dbias is None else _kernel_bias(dbias), add_dbias=i > 0, tokens=part.tokens,
                             regions=part.regions)
         return dq, dk, dv, dbias, None
+
+
+def _kernel_bias(bias: torch.Tensor) -> torch.Tensor:
+    """A (1, H, N, N) map as the kernel takes it, (H, N, N); a table as it is."""
+    return bias[0] if bias.dim() == 4 else bias
 
 
 def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                      groups=None) -> torch.Tensor:
     """``softmax(q k^T + bias) v`` for q, k (B, H, N, e), v (B, H, N, ev) and bias (1, H, N, N), each window's
     tokens attending within their regions only (``groups``: see :func:`~.chunked_attention.chunked_attention`).
+    ``bias`` may instead be the (M, H) relative-position table the map is read from (square windows, SwinIR's
+    index; see :func:`.native.forward`): no map is built, forward or backward.
     Differentiable in q, k, v and bias. Scale q beforehand. Returns v's dtype, laid out (B, N, H, ev) in memory.
     """
     b, _, n, _ = q.shape
@@ -74,5 +82,5 @@ def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
         out = _token_major(b, q.shape[1], n, v.shape[-1], q)
         for group, part in _parts(groups):
             s = group.windows
-            native.forward(q[s], k[s], v[s], out[s], bias[0], None, part.tokens, part.regions)
+            native.forward(q[s], k[s], v[s], out[s], _kernel_bias(bias), None, part.tokens, part.regions)
     return out.to(dtype)

@@ -42,8 +42,10 @@ class SharedLogits(NamedTuple):
     """What a layer hands to the layer that inherits from it (per window, per head).
 
     ``fused``: ``q`` and ``k`` (B*nW, h, N, e) and ``bias`` (h, N, N), contiguous: the logits are
-    ``q @ k^T + bias`` (a computing layer's q comes scaled); ``values`` (M, h): the distinct values ``bias`` is
-    gathered from (see :mod:`.bias_maps`), which the next ``F`` transforms. ``reference``: ``logits`` (B*nW, h, N, N).
+    ``q @ k^T + bias`` (a computing layer's q comes scaled); with the ``native`` backend a computing layer's
+    ``bias`` is its (M, h) position-bias table, which the kernel reads the map from. ``values`` (M, h): the
+    distinct values ``bias`` is gathered from (see :mod:`.bias_maps`), which the next ``F`` transforms.
+    ``reference``: ``logits`` (B*nW, h, N, N).
     """
     q: Optional[torch.Tensor] = None
     k: Optional[torch.Tensor] = None
@@ -285,8 +287,10 @@ class SharedWindowAttention(nn.Module):
             # q comes out scaled (the logits are q k^T + B): nothing scales it or its gradient again.
             qkv = _padded_linear(x, self.qkv, 3 * h, d, width, self.qkv_scales).view(bw, n, 3, h, width)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=self.position_bias().to(x.dtype),
-                                 values=self.relative_position_bias_table)
+            table = self.relative_position_bias_table
+            # The kernel reads the map's entries from the table: the map is never built, nor its gradient.
+            bias = table if backend.native else self.position_bias().to(x.dtype)
+            state = SharedLogits(q=q[..., :d], k=k[..., :d], bias=bias, values=table)
         else:
             state, q, k = self._transform(shared, backend, layout.captured)
             width = backend.value_width(q.shape[-1], d)

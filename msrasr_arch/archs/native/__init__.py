@@ -11,6 +11,7 @@ takes a second or two rather than a C++ extension's minute. Where there is no co
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -28,7 +29,7 @@ __all__ = ['library', 'forward', 'backward', 'depthwise_conv', 'depthwise_weight
            'factors_backward']
 
 _SOURCES = [Path(__file__).with_name(name) for name in ('window_attention.cpp', 'depthwise.cpp', 'factors.cpp')]
-_VERSION = 4
+_VERSION = 5
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-std=c++17', '-shared', '-fPIC']
@@ -90,9 +91,9 @@ def library() -> Optional[ctypes.CDLL]:
                       f'operators ({err})', RuntimeWarning, stacklevel=2)
         return None
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.msrasr_window_attention_forward.argtypes = [ptr] * 8 + [i64] * 7 + [i32]
+    lib.msrasr_window_attention_forward.argtypes = [ptr] * 7 + [i64] + [ptr] * 2 + [i64] * 7 + [i32]
     lib.msrasr_window_attention_forward.restype = None
-    lib.msrasr_window_attention_backward.argtypes = [ptr] * 13 + [i32] + [i64] * 7 + [i32]
+    lib.msrasr_window_attention_backward.argtypes = [ptr] * 11 + [i64] + [ptr] * 3 + [i32] + [i64] * 7 + [i32]
     lib.msrasr_window_attention_backward.restype = None
     lib.msrasr_depthwise_forward.argtypes = [ptr] * 4 + [i64] * 5 + [i32]
     lib.msrasr_depthwise_forward.restype = None
@@ -123,13 +124,27 @@ def _pointer(t: Optional[torch.Tensor], name: str, dtype=torch.float32, contiguo
     return t.data_ptr()
 
 
+def _window_side(n: int) -> int:
+    ws = math.isqrt(n)
+    return ws if ws * ws == n else 0
+
+
+def _bias_shape(bias: torch.Tensor, h: int, n: int):
+    """What ``bias`` must be: the (H, N, N) map, or, 2-D, the (M, H) relative-position table of windows of
+    side ws (N = ws^2, M = (2 ws - 1)^2)."""
+    return ((2 * _window_side(n) - 1)**2, h) if bias.dim() == 2 else (h, n, n)
+
+
 def _check(q, k, v, bias, tokens, regions: int, **others):
     """The part's sizes (windows, heads, size, n, e, c) from q, k (W, H, N, E) and v (W, H, N, C), with every
     other (W, H, N, C) tensor in ``others`` checked against them."""
     w, h, n, e = q.shape
     c = v.shape[-1]
     size = n if tokens is None else tokens.numel() // regions
-    wrong = [name for name, t, shape in [('k', k, q.shape), ('v', v, (w, h, n, c)), ('bias', bias, (h, n, n))]
+    if bias.dim() == 2 and not _window_side(n):
+        raise ValueError(f'window attention kernel: a bias table needs square windows, not {n} tokens')
+    wrong = [name for name, t, shape in [('k', k, q.shape), ('v', v, (w, h, n, c)),
+                                         ('bias', bias, _bias_shape(bias, h, n))]
              + [(name, t, (w, h, n, c)) for name, t in others.items()] if t is not None and t.shape != shape]
     if wrong or (tokens is None and regions != 1) or (tokens is not None and tokens.numel() != regions * size):
         raise ValueError(f'window attention kernel: shapes do not agree ({", ".join(wrong) or "tokens"}): q '
@@ -141,12 +156,19 @@ def _strides(*tensors):
     return (ctypes.c_int64 * (3 * len(tensors)))(*(s for t in tensors for s in t.stride()[:3]))
 
 
+def _bias_args(bias: torch.Tensor, n: int):
+    """The kernel's (map, table, window side) arguments for a bias map or table."""
+    pointer = _pointer(bias, 'bias', contiguous=True)
+    return (None, pointer, _window_side(n)) if bias.dim() == 2 else (pointer, None, 0)
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, bias: torch.Tensor,
             lse: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None, regions: int = 1) -> None:
     """``out`` = softmax(q k^T + bias) v within each region of each window and head, in place.
 
-    q, k (W, H, N, E), v and out (W, H, N, C), any strides with a contiguous last dimension; bias (H, N, N)
-    contiguous. ``tokens`` (regions * size,) int64: each region's tokens (None: all N, one region); only
+    q, k (W, H, N, E), v and out (W, H, N, C), any strides with a contiguous last dimension; bias, contiguous:
+    the (H, N, N) map, or the (M, H) relative-position table it is read from (windows of side ws, N = ws^2,
+    M = (2 ws - 1)^2; SwinIR's index, see ``window_attention.cpp``). ``tokens`` (regions * size,) int64: each region's tokens (None: all N, one region); only
     those rows of ``out`` are written. ``lse`` (W * H * regions, size), when given, gets each row's
     log-sum-exp for :func:`backward`."""
     w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out)
@@ -154,25 +176,24 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         raise ValueError(f'window attention kernel: lse {tuple(lse.shape)} where {(w * h * regions, size)} belongs')
     args = [_pointer(t, name) for t, name in ((q, 'q'), (k, 'k'), (v, 'v'), (out, 'out'))]
     library().msrasr_window_attention_forward(
-        *args, _strides(q, k, v, out), _pointer(bias, 'bias', contiguous=True),
-        _pointer(tokens, 'tokens', torch.int64, contiguous=True), _pointer(lse, 'lse', contiguous=True),
-        w, h, regions, size, n, e, c, torch.get_num_threads())
+        *args, _strides(q, k, v, out), *_bias_args(bias, n), _pointer(tokens, 'tokens', torch.int64, contiguous=True),
+        _pointer(lse, 'lse', contiguous=True), w, h, regions, size, n, e, c, torch.get_num_threads())
 
 
 def backward(q, k, v, out, dout, dq, dk, dv, bias, lse, dbias=None, add_dbias: bool = True, tokens=None,
              regions: int = 1) -> None:
     """Gradients of :func:`forward` at the part's tokens: ``dq``, ``dk`` (W, H, N, E) and ``dv`` (W, H, N, C)
-    written there; ``dbias`` (H, N, N), when given, gets the sum over the windows at the part's entries,
-    added, or written over for a part of whole windows without ``add_dbias``."""
+    written there; ``dbias`` (bias's shape), when given, gets the sum over the windows: a map's at the part's
+    entries, added, or written over for a part of whole windows without ``add_dbias``; a table's, added."""
     w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out, dout=dout, dv=dv)
     if dq.shape != q.shape or dk.shape != q.shape or (dbias is not None and dbias.shape != bias.shape):
         raise ValueError('window attention kernel: gradient buffers do not agree with q and bias')
     tensors = (q, k, v, out, dout, dq, dk, dv)
     names = ('q', 'k', 'v', 'out', 'dout', 'dq', 'dk', 'dv')
     library().msrasr_window_attention_backward(
-        *(_pointer(t, name) for t, name in zip(tensors, names)), _strides(*tensors),
-        _pointer(bias, 'bias', contiguous=True), _pointer(tokens, 'tokens', torch.int64, contiguous=True),
-        _pointer(lse, 'lse', contiguous=True), _pointer(dbias, 'dbias', contiguous=True), int(add_dbias),
+        *(_pointer(t, name) for t, name in zip(tensors, names)), _strides(*tensors), *_bias_args(bias, n),
+        _pointer(tokens, 'tokens', torch.int64, contiguous=True), _pointer(lse, 'lse', contiguous=True),
+        _pointer(dbias, 'dbias', contiguous=True), int(add_dbias),
         w, h, regions, size, n, e, c, torch.get_num_threads())
 
 

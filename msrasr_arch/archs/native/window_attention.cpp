@@ -7,7 +7,8 @@
 // windows x H heads x R regions of `size` tokens each; a region's tokens are `tokens[region * size + i]`
 // of the window's N (all N in order where tokens is null, R = 1). q, k (W, H, N, E), v, out, dout (W, H, N, C)
 // and dq, dk, dv are read and written in place through (window, head, token) strides, the last dimension
-// contiguous, so the network's token-major layouts need no copies; bias and dbias are the (H, N, N) maps;
+// contiguous, so the network's token-major layouts need no copies; bias and dbias are the (H, N, N) maps, or
+// a computing layer's relative-position table (M, H) and its gradient (see Part);
 // lse (W * H * R, size) holds each row's log-sum-exp, from which the backward recomputes the probabilities.
 // GCC vector extensions rather than intrinsics: the same source lowers to AVX-512, AVX2, SSE or NEON.
 // The parallel loops use OpenMP: linked against libgomp.so.1, the library shares the runtime (and the
@@ -162,6 +163,19 @@ float exp_row(const Shape& d, float* row, float shift) {
     return total;
 }
 
+// dst[0..n) = src[0..n) and dst[0..n) += src[0..n), n small (a window's side).
+inline void copy_run(int64_t n, const float* src, float* dst) {
+    int64_t x = 0;
+    for (; x + 8 <= n; x += 8) store(dst + x, load(src + x));
+    for (; x < n; ++x) dst[x] = src[x];
+}
+
+inline void add_run(int64_t n, const float* src, float* dst) {
+    int64_t x = 0;
+    for (; x + 8 <= n; x += 8) store(dst + x, load(dst + x) + load(src + x));
+    for (; x < n; ++x) dst[x] += src[x];
+}
+
 float max_row(const Shape& d, const float* row) {
     const int64_t whole = d.s - d.s % 8;
     float m = row[0];
@@ -188,8 +202,20 @@ struct View {
 struct Part {
     int64_t heads, regions, n;
     const int64_t* tokens;  // regions * size, or null: one region of all n tokens in order
-    const float* bias;      // (heads, n, n)
+    const float* bias;      // (heads, n, n), or null where `table` gives the bias
+    // A relative-position table (M, heads), M = (2 ws - 1)^2, n = ws^2 tokens in raster order: the bias of
+    // tokens (yi, xi), (yj, xj) is table[(yi - yj + ws - 1) * (2 ws - 1) + xi - xj + ws - 1] (SwinIR's index).
+    // Read so, a computing layer's map is never built: its rows are runs of a head's table, which stays in L1,
+    // where the (heads, n, n) map made a pass through memory each way per window (and a gather and a scatter).
+    const float* table;
+    int64_t ws;
     int64_t token(int64_t region, int64_t size, int64_t i) const { return tokens ? tokens[region * size + i] : i; }
+    int64_t tw() const { return 2 * ws - 1; }
+    int64_t entries() const { return tw() * tw(); }
+    // A head's table reversed, entry (i, j) is at row(i) + offset(j): for a row, ws consecutive entries per key
+    // row of the window, in order.
+    int64_t row(int64_t t) const { return entries() - 1 - ((t / ws + ws - 1) * tw() + t % ws + ws - 1); }
+    int64_t offset(int64_t t) const { return (t / ws) * tw() + t % ws; }
 };
 
 // A window of a token-major tensor (each token's heads side by side: the network's qkv, v and proj input)
@@ -263,19 +289,29 @@ struct StagedOut {
 struct Work {
     std::vector<float> kt, vt, kp, vp, l, ds, o, qr, dor;
     std::vector<float> dkt, dvt;
-    std::vector<int64_t> tok;
+    std::vector<int64_t> tok, off;  // the block's tokens and their table offsets (table mode)
+    std::vector<float> rel;  // table mode: the head's column of the table, reversed (see Part::row)
+    int64_t rel_head = -1;
 
     explicit Work(const Shape& d, bool backward)
         : kt(d.e * d.ld()), vt(backward ? d.c * d.ld() : 0), kp(backward ? d.s * d.ep : 0), vp(backward ? 0 : d.s * d.cp),
           l(PANEL * d.sp), ds(backward ? PANEL * d.sp : 0), o(PANEL * std::max(d.ep, d.cp)), qr(PANEL * d.e),
           dor(backward ? PANEL * d.c : 0), dkt(backward ? d.e * d.ld() : 0), dvt(backward ? d.c * d.ld() : 0),
-          tok(d.s) {}
+          tok(d.s), off(d.s) {}
 
     // The block's tokens, k transposed (E, ld) and, for the forward, v padded (S, cp); for the backward, v
     // transposed (C, ld) and k padded (S, ep).
     void load(const Shape& d, const Part& part, const View& k, const View& v, int64_t w, int64_t h,
               int64_t region, bool backward) {
         for (int64_t j = 0; j < d.s; ++j) tok[j] = part.token(region, d.s, j);
+        if (part.table) {
+            for (int64_t j = 0; j < d.s; ++j) off[j] = part.offset(tok[j]);
+            if (h != rel_head) {
+                rel.resize(part.entries());
+                for (int64_t m = 0; m < part.entries(); ++m) rel[part.entries() - 1 - m] = part.table[m * part.heads + h];
+                rel_head = h;
+            }
+        }
         transpose_from(d, k, w, h, d.e, kt.data());
         if (backward) {
             pad_rows_from(k, w, h, d.e, kp.data(), d.ep);
@@ -304,14 +340,25 @@ struct Work {
 
     // Logits of rows [i0, i0 + n) into l (n, sp): bias + q k^T, zero past s; q's rows copied to qr (n, E).
     void logits(const Shape& d, const Part& part, const View& q, int64_t w, int64_t h, int64_t i0, int64_t n) {
-        const float* bias = part.bias + h * part.n * part.n;
+        const float* bias = part.bias ? part.bias + h * part.n * part.n : nullptr;
         for (int64_t i = 0; i < n; ++i) {
             const int64_t ti = tok[i0 + i];
             std::memcpy(qr.data() + i * d.e, q.row(w, h, ti), d.e * sizeof(float));
             float* li = l.data() + i * d.sp;
-            const float* bi = bias + ti * part.n;
-            if (part.tokens) for (int64_t j = 0; j < d.s; ++j) li[j] = bi[tok[j]];
-            else std::memcpy(li, bi, d.s * sizeof(float));
+            if (part.table) {
+                const float* ri = rel.data() + part.row(ti);
+                if (part.tokens) {
+                    for (int64_t j = 0; j < d.s; ++j) li[j] = ri[off[j]];
+                } else {
+                    // A run of ws floats per key row, copied in vectors: a memcpy call per run cost more than
+                    // the copy.
+                    for (int64_t y = 0; y < part.ws; ++y) copy_run(part.ws, ri + y * part.tw(), li + y * part.ws);
+                }
+            } else {
+                const float* bi = bias + ti * part.n;
+                if (part.tokens) for (int64_t j = 0; j < d.s; ++j) li[j] = bi[tok[j]];
+                else std::memcpy(li, bi, d.s * sizeof(float));
+            }
             std::fill(li + d.s, li + d.sp, 0.0f);
         }
         gemm(n, d.sp, d.e, qr.data(), d.e, 1, kt.data(), d.ld(), l.data(), d.sp, true);
@@ -370,7 +417,15 @@ void backward_block(const Shape& d, const Part& part, Work& w, const View& q, co
             const float* pi = p + i * d.sp;
             const float rs = rowsum[i];
             for (int64_t j = 0; j < d.sp; j += 8) store(dsi + j, load(pi + j) * (load(dsi + j) - rs));
-            if (dbias) {
+            if (dbias && part.table) {
+                // dbias here is the thread's (heads, M) sums of the table's gradient, each head's reversed.
+                float* dr = dbias + h * part.entries() + part.row(w.tok[i0 + i]);
+                if (part.tokens) {
+                    for (int64_t j = 0; j < d.s; ++j) dr[w.off[j]] += dsi[j];
+                } else {
+                    for (int64_t y = 0; y < part.ws; ++y) add_run(part.ws, dsi + y * part.ws, dr + y * part.tw());
+                }
+            } else if (dbias) {
                 float* db = dbias + w.tok[i0 + i] * part.n;
                 if (part.tokens) for (int64_t j = 0; j < d.s; ++j) db[w.tok[j]] += dsi[j];
                 else if (first) std::memcpy(db, dsi, d.s * sizeof(float));
@@ -400,16 +455,17 @@ View view(const float* p, const int64_t* strides) { return View{p, strides[0], s
 extern "C" {
 
 // The library's interface version; the loader refuses a library that reports another.
-int msrasr_window_attention_version() { return 4; }
+int msrasr_window_attention_version() { return 5; }
 
 // out = softmax(q k^T + bias) v within each region of each window and head; lse written when not null.
-// strides: (window, head, token) of q, k, v, out in turn.
+// strides: (window, head, token) of q, k, v, out in turn. The bias: the (heads, n, n) map `bias`, or, where
+// that is null, the relative-position table `table` (M, heads) of windows of side ws (see Part).
 void msrasr_window_attention_forward(const float* q, const float* k, const float* v, float* out,
-                                     const int64_t* strides, const float* bias, const int64_t* tokens, float* lse,
-                                     int64_t windows, int64_t heads, int64_t regions, int64_t size, int64_t n,
-                                     int64_t e, int64_t c, int threads) {
+                                     const int64_t* strides, const float* bias, const float* table, int64_t ws,
+                                     const int64_t* tokens, float* lse, int64_t windows, int64_t heads,
+                                     int64_t regions, int64_t size, int64_t n, int64_t e, int64_t c, int threads) {
     const Shape d(size, e, c);
-    const Part part{heads, regions, n, tokens, bias};
+    const Part part{heads, regions, n, tokens, bias, bias ? nullptr : table, ws};
     const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6), ov = view(out, strides + 9);
     const int64_t hr = heads * regions, m = windows * hr;
 #pragma omp parallel num_threads(threads)
@@ -429,16 +485,17 @@ void msrasr_window_attention_forward(const float* q, const float* k, const float
 }
 
 // Gradients of the forward above: dq, dk, dv written at the part's tokens (strides: q, k, v, out, dout, dq, dk,
-// dv); dbias (heads, n, n), when not null, gets the sum over the windows at the part's entries: added to what
-// it holds, or, for a part of whole windows without add_dbias, written over it (no zeroing pass before).
-// Threads split the (head, region) blocks, whose entries of dbias are disjoint.
+// dv). dbias, when not null, gets the bias's gradient summed over the windows: for the map, (heads, n, n) at the
+// part's entries, added to what it holds or, for a part of whole windows without add_dbias, written over it
+// (no zeroing pass before); for the table, (M, heads), always added to. Threads split the (head, region) blocks,
+// whose entries of the map are disjoint; each sums its share of the table's gradient apart.
 void msrasr_window_attention_backward(const float* q, const float* k, const float* v, const float* out,
                                       const float* dout, float* dq, float* dk, float* dv, const int64_t* strides,
-                                      const float* bias, const int64_t* tokens, const float* lse, float* dbias,
-                                      int add_dbias, int64_t windows, int64_t heads, int64_t regions, int64_t size,
-                                      int64_t n, int64_t e, int64_t c, int threads) {
+                                      const float* bias, const float* table, int64_t ws, const int64_t* tokens,
+                                      const float* lse, float* dbias, int add_dbias, int64_t windows, int64_t heads,
+                                      int64_t regions, int64_t size, int64_t n, int64_t e, int64_t c, int threads) {
     const Shape d(size, e, c);
-    const Part part{heads, regions, n, tokens, bias};
+    const Part part{heads, regions, n, tokens, bias, bias ? nullptr : table, ws};
     const View qv = view(q, strides), kv = view(k, strides + 3), vv = view(v, strides + 6),
                ov = view(out, strides + 9), dov = view(dout, strides + 12), dqv = view(dq, strides + 15),
                dkv = view(dk, strides + 18), dvv = view(dv, strides + 21);
@@ -449,6 +506,7 @@ void msrasr_window_attention_backward(const float* q, const float* k, const floa
         Staged sq(qv, heads, n, e), sk(kv, heads, n, e), sv(vv, heads, n, c), so(ov, heads, n, c),
             sdo(dov, heads, n, c);
         StagedOut sdq(dqv, part, size, e), sdk(dkv, part, size, e), sdv(dvv, part, size, c);
+        std::vector<float> dtable(part.table && dbias ? heads * part.entries() : 0, 0.0f);  // (heads, M)
         // Each thread takes a share of the (head, region) blocks, whose entries of dbias are disjoint, and goes
         // through the windows, its blocks of one window after another (each window staged once).
         const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -458,12 +516,19 @@ void msrasr_window_attention_backward(const float* q, const float* k, const floa
                 const int64_t h = r / regions, region = r % regions;
                 backward_block(d, part, w, sq.at(win), sk.at(win), sv.at(win), so.at(win), sdo.at(win),
                                lse + (win * hr + r) * size, sdq.at(win, h, region), sdk.at(win, h, region),
-                               sdv.at(win, h, region), dbias ? dbias + h * n * n : nullptr, win == 0 && !add_dbias,
-                               win, h, region);
+                               sdv.at(win, h, region),
+                               !dbias ? nullptr : part.table ? dtable.data() : dbias + h * n * n,
+                               win == 0 && !add_dbias, win, h, region);
             }
         sdq.flush();
         sdk.flush();
         sdv.flush();
+        if (!dtable.empty()) {
+#pragma omp critical
+            for (int64_t h = 0; h < heads; ++h)
+                for (int64_t m = 0; m < part.entries(); ++m)
+                    dbias[m * heads + h] += dtable[h * part.entries() + part.entries() - 1 - m];
+        }
     }
 }
 
