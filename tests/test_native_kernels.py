@@ -209,7 +209,8 @@ def test_depthwise_conv_matches_pytorch(b, c, h, w, k, threads, monkeypatch):
 
 @needs_kernel
 @pytest.mark.parametrize('threads', [1, 3])
-@pytest.mark.parametrize('size, e, n, extra', [(3, 10, 256, 0), (3, 7, 37, 3), (5, 4, 9, 0), (1, 6, 5, 2), (5, 3, 2, 1)])
+@pytest.mark.parametrize('size, e, n, extra', [(3, 10, 256, 0), (3, 7, 37, 3), (5, 4, 9, 0), (1, 6, 5, 2),
+                                               (5, 3, 2, 1)])
 def test_shared_map_factors_match_the_operators(size, e, n, extra, threads, monkeypatch):
     """Q', K' and the gradients of q, k and the F kernel equal the plain operators' in float64 to float32
     rounding: q and k token-major views of one qkv tensor (as a computing layer hands them on), kernels of 1,

@@ -168,8 +168,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
 
     q, k (W, H, N, E), v and out (W, H, N, C), any strides with a contiguous last dimension; bias, contiguous:
     the (H, N, N) map, or the (M, H) relative-position table it is read from (windows of side ws, N = ws^2,
-    M = (2 ws - 1)^2; SwinIR's index, see ``window_attention.cpp``). ``tokens`` (regions * size,) int64: each region's tokens (None: all N, one region); only
-    those rows of ``out`` are written. ``lse`` (W * H * regions, size), when given, gets each row's
+    M = (2 ws - 1)^2; SwinIR's index, see ``window_attention.cpp``). ``tokens`` (regions * size,) int64: each
+    region's tokens (None: all N, one region); only those rows of ``out`` are written. ``lse`` (W * H * regions, size), when given, gets each row's
     log-sum-exp for :func:`backward`."""
     w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out)
     if lse is not None and lse.shape != (w * h * regions, size):

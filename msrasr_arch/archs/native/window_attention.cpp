@@ -308,7 +308,8 @@ struct Work {
             for (int64_t j = 0; j < d.s; ++j) off[j] = part.offset(tok[j]);
             if (h != rel_head) {
                 rel.resize(part.entries());
-                for (int64_t m = 0; m < part.entries(); ++m) rel[part.entries() - 1 - m] = part.table[m * part.heads + h];
+                const int64_t last = part.entries() - 1;
+                for (int64_t m = 0; m <= last; ++m) rel[last - m] = part.table[m * part.heads + h];
                 rel_head = h;
             }
         }
