@@ -29,6 +29,8 @@ __all__ = ['library', 'forward', 'backward', 'depthwise_conv', 'depthwise_weight
            'factors_backward']
 
 _SOURCES = [Path(__file__).with_name(name) for name in ('window_attention.cpp', 'depthwise.cpp', 'factors.cpp')]
+# Included by every source: part of the cache key, not of the compiler's command line.
+_HEADERS = [Path(__file__).with_name('common.h')]
 _VERSION = 5
 # -march=native: the library is built where it runs. No -ffast-math: the kernel's exp rounds by adding a
 # constant, which reassociation would undo.
@@ -57,7 +59,7 @@ def _cache_folder() -> Path:
 
 
 def _build(compiler: str) -> Path:
-    sources = [source.read_bytes() for source in _SOURCES]
+    sources = [source.read_bytes() for source in _SOURCES + _HEADERS]
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b'\0'.join(
         [*sources, ' '.join(_FLAGS).encode(), version.encode(), _cpu().encode(), sys.platform.encode()])).hexdigest()
@@ -169,8 +171,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     q, k (W, H, N, E), v and out (W, H, N, C), any strides with a contiguous last dimension; bias, contiguous:
     the (H, N, N) map, or the (M, H) relative-position table it is read from (windows of side ws, N = ws^2,
     M = (2 ws - 1)^2; SwinIR's index, see ``window_attention.cpp``). ``tokens`` (regions * size,) int64: each
-    region's tokens (None: all N, one region); only those rows of ``out`` are written. ``lse`` (W * H * regions, size), when given, gets each row's
-    log-sum-exp for :func:`backward`."""
+    region's tokens (None: all N, one region); only those rows of ``out`` are written. ``lse`` (W * H * regions,
+    size), when given, gets each row's log-sum-exp for :func:`backward`."""
     w, h, size, n, e, c = _check(q, k, v, bias, tokens, regions, out=out)
     if lse is not None and lse.shape != (w * h * regions, size):
         raise ValueError(f'window attention kernel: lse {tuple(lse.shape)} where {(w * h * regions, size)} belongs')
@@ -197,11 +199,15 @@ def backward(q, k, v, out, dout, dq, dk, dv, bias, lse, dbias=None, add_dbias: b
         w, h, regions, size, n, e, c, torch.get_num_threads())
 
 
+def _float32(t: torch.Tensor, name: str, what: str, dims: int) -> None:
+    if t.dtype != torch.float32 or t.device.type != 'cpu' or t.dim() != dims:
+        raise ValueError(f'{what} kernel: {name} must be a {dims}-D float32 CPU tensor, got {t.dtype} '
+                         f'{tuple(t.shape)} on {t.device}')
+
+
 def _channels_last(x: torch.Tensor, name: str) -> torch.Tensor:
     """(B, C, H, W) -> its (B, H, W, C) memory, checked: a view of a channels-last tensor, else a copy."""
-    if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
-        raise ValueError(f'depth-wise kernel: {name} must be a 4-D float32 CPU tensor, got {x.dtype} '
-                         f'{tuple(x.shape)} on {x.device}')
+    _float32(x, name, 'depth-wise', 4)
     return x.permute(0, 2, 3, 1).contiguous()
 
 
@@ -234,12 +240,6 @@ def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.
     library().msrasr_depthwise_weight_grad(xl.data_ptr(), gl.data_ptr(), gw.data_ptr(), b, h, w, c, k,
                                            torch.get_num_threads())
     return gw.t().reshape(c, 1, k, k)
-
-
-def _float32(t: torch.Tensor, name: str, what: str, dims: int) -> None:
-    if t.dtype != torch.float32 or t.device.type != 'cpu' or t.dim() != dims:
-        raise ValueError(f'{what} kernel: {name} must be a {dims}-D float32 CPU tensor, got {t.dtype} '
-                         f'{tuple(t.shape)} on {t.device}')
 
 
 def factors(q: torch.Tensor, k: torch.Tensor, taps: torch.Tensor, width: int):

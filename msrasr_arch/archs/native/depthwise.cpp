@@ -1,5 +1,5 @@
 // Depth-wise k x k convolution ('same' zero padding, stride 1) over channels-last images, and its weight
-// gradient: the FFN's MS-DWC. Vectorised over channels (GCC vector extensions, 8 floats); the input
+// gradient: the FFN's MS-DWC. Vectorised over channels (8 floats, common.h); the input
 // gradient is the forward with the flipped kernel. oneDNN's depth-wise calls on these small maps cost
 // about 0.6 ms each at LR patch 16 on 2 cores, mostly fixed cost, three a layer (docs/speed.md).
 //
@@ -13,12 +13,11 @@
 
 #include <omp.h>
 
+#include "common.h"
+
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
-inline void store(float* p, v8 x) { std::memcpy(p, &x, sizeof x); }
+using namespace msrasr;
 
 struct Image {
     int64_t b, h, w, c, k;

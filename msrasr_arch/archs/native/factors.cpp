@@ -14,22 +14,15 @@
 
 #include <omp.h>
 
+#include "common.h"
+
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
-inline void store(float* p, v8 x) { std::memcpy(p, &x, sizeof x); }
-
-struct Rows {
-    const float* p;
-    int64_t sw, sh, st;
-    const float* at(int64_t w, int64_t h, int64_t t) const { return p + w * sw + h * sh + t * st; }
-};
+using namespace msrasr;
 
 // y[0..n) += c * x[0..n)
 inline void axpy(int64_t n, float c, const float* x, float* y) {
-    const v8 cv = {c, c, c, c, c, c, c, c};
+    const v8 cv = splat(c);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) store(y + i, load(y + i) + cv * load(x + i));
     for (; i < n; ++i) y[i] += c * x[i];
@@ -70,7 +63,7 @@ extern "C" {
 void msrasr_factors_forward(const float* q, const float* k, const int64_t* strides, const float* taps, float* qf,
                             float* kf, int64_t windows, int64_t heads, int64_t n, int64_t e, int64_t size,
                             int64_t width, int threads) {
-    const Rows qr{q, strides[0], strides[1], strides[2]}, kr{k, strides[3], strides[4], strides[5]};
+    const View qr = view(q, strides), kr = view(k, strides + 3);
     const int64_t r = size / 2;
 #pragma omp parallel num_threads(threads)
     {
@@ -80,8 +73,8 @@ void msrasr_factors_forward(const float* q, const float* k, const int64_t* strid
         for (int64_t b = 0; b < windows * heads; ++b) {
             const int64_t w = b / heads, h = b % heads;
             const float* wh = taps + h * size * size;
-            qp.fill(qr.at(w, h, 0), qr.st);
-            kp.fill(kr.at(w, h, 0), kr.st);
+            qp.fill(qr.row(w, h, 0), qr.st);
+            kp.fill(kr.row(w, h, 0), kr.st);
             float* qb = qf + b * n * width;
             float* kb = kf + b * n * width;
             for (int64_t i = 0; i < n; ++i) {
@@ -107,7 +100,7 @@ void msrasr_factors_forward(const float* q, const float* k, const int64_t* strid
 void msrasr_factors_backward(const float* k, const int64_t* kstrides, const float* taps, const float* dqf,
                              const float* dkf, float* dq, float* dk, float* dtaps, int64_t windows, int64_t heads,
                              int64_t n, int64_t e, int64_t size, int64_t width, int threads) {
-    const Rows kr{k, kstrides[0], kstrides[1], kstrides[2]};
+    const View kr = view(k, kstrides);
     const int64_t r = size / 2;
 #pragma omp parallel num_threads(threads)
     {
@@ -139,7 +132,7 @@ void msrasr_factors_backward(const float* k, const int64_t* kstrides, const floa
                 }
                 // dw[a, c] = sum_j dK'[j]_a . k[j + c - r], over the window's whole block at once.
                 if (dtaps) {
-                    kp.fill(kr.at(w, h, 0), kr.st);
+                    kp.fill(kr.row(w, h, 0), kr.st);
                     for (int64_t a = 0; a < size; ++a)
                         for (int64_t c = 0; c < size; ++c)
                             acc[a * size + c] += dot(n * e, dka[a].rows(), kp.rows() + (c - r) * e);

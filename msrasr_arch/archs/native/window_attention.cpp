@@ -10,7 +10,6 @@
 // contiguous, so the network's token-major layouts need no copies; bias and dbias are the (H, N, N) maps, or
 // a computing layer's relative-position table (M, H) and its gradient (see Part);
 // lse (W * H * R, size) holds each row's log-sum-exp, from which the backward recomputes the probabilities.
-// GCC vector extensions rather than intrinsics: the same source lowers to AVX-512, AVX2, SSE or NEON.
 // The parallel loops use OpenMP: linked against libgomp.so.1, the library shares the runtime (and the
 // threads) that PyTorch's wheel has already loaded under that name.
 #include <algorithm>
@@ -21,15 +20,14 @@
 
 #include <omp.h>
 
+#include "common.h"
+
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
+using namespace msrasr;
+
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-
-inline v8 load(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
-inline void store(float* p, v8 x) { std::memcpy(p, &x, sizeof x); }
-inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 
 inline float hsum(v8 x) {
     v4 lo, hi;
@@ -191,14 +189,7 @@ float max_row(const Shape& d, const float* row) {
     return m;
 }
 
-// A (windows, heads, tokens, width) tensor, width contiguous, and the part of it one call serves.
-struct View {
-    const float* p;
-    int64_t sw, sh, st;
-    const float* row(int64_t w, int64_t h, int64_t t) const { return p + w * sw + h * sh + t * st; }
-    float* out(int64_t w, int64_t h, int64_t t) const { return const_cast<float*>(row(w, h, t)); }
-};
-
+// The part of the windows one call serves.
 struct Part {
     int64_t heads, regions, n;
     const int64_t* tokens;  // regions * size, or null: one region of all n tokens in order
@@ -289,7 +280,7 @@ struct StagedOut {
 struct Work {
     std::vector<float> kt, vt, kp, vp, l, ds, o, qr, dor;
     std::vector<float> dkt, dvt;
-    std::vector<int64_t> tok, off;  // the block's tokens and their table offsets (table mode)
+    std::vector<int64_t> tok, off;  // the block's tokens and (table mode, regions) their table offsets
     std::vector<float> rel;  // table mode: the head's column of the table, reversed (see Part::row)
     int64_t rel_head = -1;
 
@@ -305,7 +296,8 @@ struct Work {
               int64_t region, bool backward) {
         for (int64_t j = 0; j < d.s; ++j) tok[j] = part.token(region, d.s, j);
         if (part.table) {
-            for (int64_t j = 0; j < d.s; ++j) off[j] = part.offset(tok[j]);
+            // Offsets for a region's gathered entries; a whole window's rows go by runs.
+            if (part.tokens) for (int64_t j = 0; j < d.s; ++j) off[j] = part.offset(tok[j]);
             if (h != rel_head) {
                 rel.resize(part.entries());
                 const int64_t last = part.entries() - 1;
@@ -448,8 +440,6 @@ void backward_block(const Shape& d, const Part& part, Work& w, const View& q, co
         for (int64_t x = 0; x < d.c; ++x) dvj[x] = w.dvt[x * d.ld() + j];
     }
 }
-
-View view(const float* p, const int64_t* strides) { return View{p, strides[0], strides[1], strides[2]}; }
 
 }  // namespace
 
